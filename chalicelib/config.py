@@ -1,0 +1,60 @@
+"""Settings read from environment variables (set per stage in .chalice/config.json)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; `from_env()` reads it, defaults are the local dev setup."""
+
+    store_backend: str = "sqlite"  # sqlite | dynamodb
+    sqlite_path: str = str(REPO_ROOT / "data" / "keyfront.sqlite3")
+    dynamodb_table: str = "keyfront"
+    dynamodb_endpoint: str | None = None  # moto server in tests; None = AWS
+    aws_region: str = "us-east-1"
+
+    pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str = "keyfront"
+    pin: str | None = "1234"  # dev default only; prod reads pin_secret_arn
+    pin_secret_arn: str | None = None
+    kek_label_prefix: str = "keyfront-kek"
+    kek_version: int = 1  # which KEK new blobs are wrapped under
+    bind_key_label_prefix: str = "keyfront-bind"
+    wrap_mechanism: str = "AES_KEY_WRAP_PAD"
+
+    max_plaintext_bytes: int = 64 * 1024
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Build settings from KEYFRONT_* environment variables."""
+        d = cls()
+        return cls(
+            store_backend=_env("KEYFRONT_STORE", d.store_backend),
+            sqlite_path=_env("KEYFRONT_SQLITE_PATH", d.sqlite_path),
+            dynamodb_table=_env("KEYFRONT_DYNAMODB_TABLE", d.dynamodb_table),
+            dynamodb_endpoint=os.environ.get("KEYFRONT_DYNAMODB_ENDPOINT") or None,
+            aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", d.aws_region)),
+            pkcs11_module=_env("KEYFRONT_PKCS11_MODULE", d.pkcs11_module),
+            token_label=_env("KEYFRONT_TOKEN_LABEL", d.token_label),
+            pin=os.environ.get("KEYFRONT_PIN", d.pin if not os.environ.get(
+                "KEYFRONT_PIN_SECRET_ARN") else None) or None,
+            pin_secret_arn=os.environ.get("KEYFRONT_PIN_SECRET_ARN") or None,
+            kek_label_prefix=_env("KEYFRONT_KEK_LABEL_PREFIX", d.kek_label_prefix),
+            kek_version=int(_env("KEYFRONT_KEK_VERSION", str(d.kek_version))),
+            bind_key_label_prefix=_env("KEYFRONT_BIND_KEY_LABEL_PREFIX",
+                                       d.bind_key_label_prefix),
+            wrap_mechanism=_env("KEYFRONT_WRAP_MECHANISM", d.wrap_mechanism),
+            max_plaintext_bytes=int(_env("KEYFRONT_MAX_PLAINTEXT_BYTES",
+                                         str(d.max_plaintext_bytes))),
+        )

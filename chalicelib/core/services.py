@@ -1,0 +1,71 @@
+"""The process-wide service container: settings, store, HSM, tokens, audit."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from chalicelib.config import Settings
+from chalicelib.core.audit import AuditLog
+from chalicelib.core.tokens import TokenService
+from chalicelib.errors import KeyfrontError, Unavailable
+from chalicelib.hsm import Hsm, get_hsm
+from chalicelib.store import Store, open_store
+
+
+@dataclass
+class Services:
+    """What a request handler needs; built once per process (Lambda container)."""
+
+    settings: Settings
+    store: Store
+    hsm: Hsm
+    tokens: TokenService
+    audit: AuditLog
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Open the store and the HSM named by settings."""
+        store = open_store(settings)
+        return cls(settings, store, get_hsm(settings), TokenService(store), AuditLog(store))
+
+    def health(self) -> dict[str, str]:
+        """Component states: "ok" or a short reason (never a secret)."""
+        out = {}
+        for name, probe in (("hsm", self.hsm.ping), ("store", self.store.ping)):
+            try:
+                probe()
+                out[name] = "ok"
+            except KeyfrontError as exc:
+                out[name] = exc.message
+            except Exception:  # noqa: BLE001 - health must answer, whatever broke
+                out[name] = "unreachable"
+        return out
+
+
+_lock = threading.Lock()
+_services: Services | None = None
+_pid: int | None = None
+
+
+def get_services() -> Services:
+    """The process's services, built lazily from the environment (rebuilt after a fork)."""
+    global _services, _pid
+    with _lock:
+        if _services is None or _pid != os.getpid():
+            try:
+                _services = Services.build(Settings.from_env())
+            except KeyfrontError:
+                raise
+            except Exception as exc:
+                raise Unavailable("service components are not reachable") from exc
+            _pid = os.getpid()
+        return _services
+
+
+def set_services(services: Services | None) -> None:
+    """Replace the process's services (tests and tools that build their own)."""
+    global _services, _pid
+    with _lock:
+        _services, _pid = services, os.getpid()

@@ -1,0 +1,212 @@
+"""API tokens: 256-bit random secrets stored only as a hash, with a principal, expiry and scopes.
+
+A dialect says where its token comes from; this module decides what it may do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib.core.permissions import PERMISSIONS
+from chalicelib.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    StoreConditionFailed,
+    StoreTransactionCancelled,
+    Unauthenticated,
+)
+from chalicelib.store import Delete, Put, Store, Update
+
+TOKEN_PREFIX = "kf_"
+INDEX_PK = "tokens"
+ALL_RINGS = "*"
+MAX_TTL_SECONDS = 400 * 24 * 3600
+
+
+def hash_token(raw: str) -> str:
+    """SHA-256 of the raw token: tokens carry 256 bits of entropy, so a fast hash suffices."""
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def _hash_pk(digest: str) -> str:
+    return f"token#{digest}"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a token may do on one kind of key ring: `ring` is an id or "*" for all."""
+
+    kind: str
+    ring: str
+    perms: frozenset[str]
+
+    def covers(self, kind: str, ring: str) -> bool:
+        """Does this scope apply to ring `ring` of kind `kind`?"""
+        return self.kind == kind and (self.ring == ALL_RINGS or self.ring == ring)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/store form."""
+        return {"kind": self.kind, "ring": self.ring, "perms": sorted(self.perms)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scope:
+        """Inverse of to_dict, validating the shape."""
+        try:
+            kind, ring, perms = d["kind"], d["ring"], d["perms"]
+        except (KeyError, TypeError) as exc:
+            raise InvalidInput("a scope needs kind, ring and perms", field="scopes") from exc
+        if not (isinstance(kind, str) and kind and isinstance(ring, str) and ring
+                and isinstance(perms, list) and all(isinstance(p, str) and p for p in perms)):
+            raise InvalidInput("scope kind and ring are strings, perms a list of strings",
+                               field="scopes")
+        return cls(kind, ring, frozenset(perms))
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """Parse `KIND:RING:PERM[,PERM...]` (perms may themselves contain colons)."""
+        parts = text.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise InvalidInput(f"scope {text!r} is not KIND:RING:PERM[,PERM...]", field="scope")
+        return cls(parts[0], parts[1], frozenset(p for p in parts[2].split(",") if p))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    token_id: str
+    name: str
+    scopes: tuple[Scope, ...]
+    expires_at: int
+    raw_token: str = field(repr=False, default="")
+
+    def perms(self, kind: str, ring: str) -> frozenset[str]:
+        """Union of the permissions this principal holds on (kind, ring)."""
+        out: set[str] = set()
+        for s in self.scopes:
+            if s.covers(kind, ring):
+                out |= s.perms
+        return frozenset(out)
+
+    def can(self, kind: str, ring: str, perm: str) -> bool:
+        """Does the principal hold `perm` on (kind, ring)?"""
+        return perm in self.perms(kind, ring)
+
+    def knows(self, kind: str, ring: str) -> bool:
+        """Does any scope cover (kind, ring)? (Used to answer not-found for foreign rings.)"""
+        return any(s.covers(kind, ring) for s in self.scopes)
+
+    def require(self, kind: str, ring: str, *perms: str) -> None:
+        """Raise Forbidden unless every one of `perms` is held on (kind, ring)."""
+        held = self.perms(kind, ring)
+        if not all(p in held for p in perms):
+            raise Forbidden("insufficient permission", needed=tuple(perms))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling and under which request id: what the core needs for audit."""
+
+    principal: Principal
+    request_id: str
+
+
+class TokenService:
+    """Create, authenticate, list and revoke tokens; records live in the store."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    def create(self, principal: str, scopes: Iterable[Scope],
+               ttl_seconds: int = 30 * 24 * 3600) -> tuple[str, dict[str, Any]]:
+        """Mint a token; returns (raw token, public record). The raw token is never stored."""
+        scopes = tuple(scopes)
+        if not principal or not isinstance(principal, str) or len(principal) > 256:
+            raise InvalidInput("principal must be a non-empty string", field="principal")
+        if not scopes:
+            raise InvalidInput("at least one scope is required", field="scopes")
+        for s in scopes:
+            known = PERMISSIONS.get(s.kind)
+            if known is None:
+                raise InvalidInput(f"unknown key-ring kind {s.kind!r}", field="scopes")
+            if not s.perms or not s.perms <= known:
+                raise InvalidInput(f"perms for {s.kind} are a non-empty subset of "
+                                   f"{sorted(known)}", field="scopes")
+        if not isinstance(ttl_seconds, int) or not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+            raise InvalidInput(f"ttl_seconds must be 1..{MAX_TTL_SECONDS}", field="ttl_seconds")
+        raw = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        digest = hash_token(raw)
+        now = int(self._clock())
+        record = {
+            "token_id": secrets.token_hex(8),
+            "principal": principal,
+            "scopes": [s.to_dict() for s in scopes],
+            "created_at": now,
+            "expires_at": now + ttl_seconds,
+            "revoked_at": None,
+        }
+        self._store.transact([
+            Put({"pk": _hash_pk(digest), "sk": "token", **record}),
+            Put({"pk": INDEX_PK, "sk": record["token_id"], "hash": digest, **record}),
+        ])
+        return raw, record
+
+    def authenticate(self, raw: str | None) -> Principal:
+        """The principal of a valid token; Unauthenticated otherwise."""
+        if not raw or not isinstance(raw, str) or not raw.startswith(TOKEN_PREFIX) \
+                or len(raw) > 128:
+            raise Unauthenticated("missing or malformed token")
+        item = self._store.get(_hash_pk(hash_token(raw)), "token")
+        # compare_digest: the lookup is by hash, but keep the check constant-time anyway
+        if item is None or not hmac.compare_digest(
+                item["pk"], _hash_pk(hash_token(raw))):
+            raise Unauthenticated("invalid token")
+        if item.get("revoked_at") or int(item["expires_at"]) <= int(self._clock()):
+            raise Unauthenticated("token expired or revoked")
+        return Principal(
+            token_id=item["token_id"],
+            name=item["principal"],
+            scopes=tuple(Scope.from_dict(s) for s in item["scopes"]),
+            expires_at=int(item["expires_at"]),
+            raw_token=raw,
+        )
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every token's public record (never the hash or the token)."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self._store.query(INDEX_PK, limit=100, cursor=cursor)
+            out += [{k: v for k, v in it.items() if k not in ("pk", "sk", "hash", "version")}
+                    for it in page.items]
+            if not page.cursor:
+                return out
+            cursor = page.cursor
+
+    def revoke(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token: its hash record is deleted, the index keeps when it was revoked."""
+        if not isinstance(token_id, str) or not token_id:
+            raise InvalidInput("token_id is required", field="token_id")
+        index = self._store.get(INDEX_PK, token_id)
+        if index is None:
+            raise NotFound("no such token")
+        if index.get("revoked_at"):
+            return {k: v for k, v in index.items() if k not in ("pk", "sk", "hash", "version")}
+        updated = {**index, "revoked_at": int(self._clock())}
+        try:
+            self._store.transact([
+                Update(updated, expected_version=int(index["version"])),
+                Delete(_hash_pk(index["hash"]), "token"),
+            ])
+        except (StoreTransactionCancelled, StoreConditionFailed):
+            return self.revoke(token_id)  # raced with another revoke: report the final state
+        return {k: v for k, v in updated.items() if k not in ("pk", "sk", "hash", "version")}

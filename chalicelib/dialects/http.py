@@ -1,0 +1,130 @@
+"""What every dialect shares: request ids, body parsing into pydantic models, error guard.
+
+Dialects stay thin: they parse, authenticate, call the core and shape the vendor's envelope.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from chalice import Response
+from chalice.app import Request
+from pydantic import BaseModel, ValidationError
+
+from chalicelib.errors import InvalidInput, KeyfrontError, Unavailable
+
+log = logging.getLogger("keyfront.http")
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def request_id(request: Request | None) -> str:
+    """API Gateway's request id, or a fresh one (chalice local has none)."""
+    ctx = getattr(request, "context", None) or {}
+    rid = ctx.get("requestId") if isinstance(ctx, dict) else None
+    if not rid:
+        rid = uuid.uuid4().hex
+        if isinstance(ctx, dict):
+            ctx["requestId"] = rid
+    return str(rid)
+
+
+def header(request: Request, name: str) -> str | None:
+    """A request header, case-insensitively."""
+    headers = request.headers or {}
+    value = headers.get(name)
+    if value is None:
+        lname = name.lower()
+        for k, v in headers.items():
+            if k.lower() == lname:
+                return v
+    return value
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty); InvalidInput for bad JSON or a non-object."""
+    raw = request.raw_body
+    if not raw:
+        return {}
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidInput("request body too large", field="body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("request body is not valid JSON", field="body") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object", field="body")
+    return data
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    """Validate data into model; InvalidInput carries one message per offending field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields: dict[str, str] = {}
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = ".".join(str(p) for p in err["loc"]) or "body"
+            fields.setdefault(loc, err["msg"])
+        first = next(iter(fields.items()))
+        raise InvalidInput(f"{first[0]}: {first[1]}", fields=fields) from None
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response with the content type set."""
+    h = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    h.update(headers or {})
+    return Response(body=json.dumps(body, separators=(",", ":")), status_code=status, headers=h)
+
+
+ErrorRenderer = Callable[[KeyfrontError, Request, str], Response]
+
+
+def guarded(app_or_bp: Any, render: ErrorRenderer) -> Callable[[Callable[..., Response]],
+                                                               Callable[..., Response]]:
+    """Wrap a view: KeyfrontError -> render(...); anything else -> logged, a generic 500.
+
+    The 500 body says only "internal error" and the request id; the log line is JSON with
+    the exception type and traceback, never request bodies.
+    """
+
+    def deco(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            request = app_or_bp.current_request
+            rid = request_id(request)
+            try:
+                return view(*args, **kwargs)
+            except KeyfrontError as exc:
+                return render(exc, request, rid)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence
+                log.error(json.dumps({
+                    "level": "error", "request_id": rid, "path": request.path,
+                    "method": request.method, "error": type(exc).__name__,
+                    "trace": traceback.format_exc(limit=20),
+                }))
+                return render(InternalError(rid), request, rid)
+
+        return wrapper
+
+    return deco
+
+
+class InternalError(KeyfrontError):
+    """An unexpected failure: only the request id is disclosed."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, rid: str) -> None:
+        super().__init__(f"internal error (request id {rid})")
+
+
+__all__ = ["InternalError", "Unavailable", "guarded", "header", "json_object", "json_response",
+           "parse", "request_id"]

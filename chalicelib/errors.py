@@ -1,0 +1,117 @@
+"""The one exception hierarchy every layer raises and every dialect maps to its envelope.
+
+It lives outside core/hsm/store so that the lower layers need not import the core.
+Messages are safe to show a client: never key material, plaintext or internals.
+"""
+
+from __future__ import annotations
+
+
+class KeyfrontError(Exception):
+    """Base of every expected error; `status` is the default HTTP status."""
+
+    status = 400
+    code = "error"
+
+    def __init__(self, message: str = "", **details: object) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip()
+        self.details = details
+
+
+class InvalidInput(KeyfrontError):
+    """The request is malformed or a field is invalid."""
+
+    status = 400
+    code = "invalid_input"
+
+    def __init__(self, message: str = "", *, field: str | None = None,
+                 fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        # field name -> message, for vendors that report validation errors per field
+        self.fields = dict(fields or ({field: message} if field else {}))
+
+
+class Unauthenticated(KeyfrontError):
+    """Missing, unknown, revoked or expired token."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(KeyfrontError):
+    """The token is valid but lacks the permission."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str = "", *, needed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+class NotFound(KeyfrontError):
+    """The object does not exist (or is not visible to this token)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(KeyfrontError):
+    """The object already exists or a concurrent change won."""
+
+    status = 409
+    code = "conflict"
+
+
+class InvalidState(KeyfrontError):
+    """The object exists but its state forbids the operation."""
+
+    status = 400
+    code = "invalid_state"
+
+
+class LimitExceeded(KeyfrontError):
+    """A quota or size limit was reached."""
+
+    status = 400
+    code = "limit_exceeded"
+
+
+class IntegrityError(KeyfrontError):
+    """Stored or supplied protected data failed its integrity check."""
+
+    status = 400
+    code = "integrity"
+
+
+class Unavailable(KeyfrontError):
+    """A backing component (HSM or store) cannot be reached."""
+
+    status = 503
+    code = "unavailable"
+
+
+class StoreConditionFailed(Conflict):
+    """A conditional store write found a different state than expected."""
+
+    code = "condition_failed"
+
+
+class StoreTransactionCancelled(Conflict):
+    """An all-or-nothing write was cancelled; `reasons[i]` says why op i failed (or None)."""
+
+    code = "transaction_cancelled"
+
+    def __init__(self, reasons: list[str | None]) -> None:
+        super().__init__("transaction cancelled")
+        self.reasons = reasons
+
+    @property
+    def failed_index(self) -> int | None:
+        """Index of the first operation whose condition failed."""
+        for i, r in enumerate(self.reasons):
+            if r:
+                return i
+        return None

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: the same set-up, then lint and the whole suite (no skips allowed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check .
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,100 @@
+"""Tokens: minted, stored as a hash only, scoped, expiring, revocable; on both stores."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.core.tokens import Scope, TokenService, hash_token
+from chalicelib.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_create_and_authenticate(store):
+    svc = TokenService(store)
+    raw, record = svc.create("alice", [Scope.parse("storedsafe:179:read,write")], 3600)
+    assert raw.startswith("kf_") and len(raw) >= 40
+    p = svc.authenticate(raw)
+    assert p.name == "alice" and p.token_id == record["token_id"]
+    assert p.can("storedsafe", "179", "write")
+    assert not p.can("storedsafe", "179", "admin")
+    assert not p.can("storedsafe", "180", "read")
+    assert not p.knows("storedsafe", "180")
+    with pytest.raises(Forbidden) as exc:
+        p.require("storedsafe", "179", "read", "admin")
+    assert exc.value.needed == ("read", "admin")
+
+
+def test_token_stored_only_as_hash(store):
+    svc = TokenService(store)
+    raw, record = svc.create("alice", [Scope.parse("storedsafe:*:read")], 60)
+    items = store.query("tokens").items + [store.get(f"token#{hash_token(raw)}", "token")]
+    dump = repr(items)
+    assert raw not in dump and raw[3:] not in dump
+    assert all("hash" not in r for r in svc.list())
+
+
+def test_wildcard_ring_and_perms_with_colons(store):
+    svc = TokenService(store)
+    raw, _ = svc.create("ops", [Scope.parse("auth0:*:read:signing_keys,update:signing_keys")])
+    p = svc.authenticate(raw)
+    assert p.can("auth0", "anything", "update:signing_keys")
+    assert not p.can("auth0", "anything", "create:signing_keys")
+    assert not p.can("storedsafe", "1", "read")
+
+
+@pytest.mark.parametrize("raw", [None, "", "nope", "kf_" + "A" * 43, "kf_" + "x" * 200])
+def test_bad_tokens_are_unauthenticated(store, raw):
+    with pytest.raises(Unauthenticated):
+        TokenService(store).authenticate(raw)
+
+
+def test_expiry(store):
+    clock = Clock()
+    svc = TokenService(store, clock=clock)
+    raw, _ = svc.create("alice", [Scope.parse("storedsafe:1:read")], 10)
+    svc.authenticate(raw)
+    clock.t += 10
+    with pytest.raises(Unauthenticated):
+        svc.authenticate(raw)
+
+
+def test_revoke(store):
+    svc = TokenService(store)
+    raw, record = svc.create("alice", [Scope.parse("storedsafe:1:read")])
+    other, _ = svc.create("bob", [Scope.parse("storedsafe:1:read")])
+    revoked = svc.revoke(record["token_id"])
+    assert revoked["revoked_at"]
+    with pytest.raises(Unauthenticated):
+        svc.authenticate(raw)
+    svc.authenticate(other)
+    assert svc.revoke(record["token_id"])["revoked_at"] == revoked["revoked_at"]
+    with pytest.raises(NotFound):
+        svc.revoke("0000000000000000")
+    listed = {r["token_id"]: r for r in svc.list()}
+    assert listed[record["token_id"]]["revoked_at"] and not listed[_["token_id"]]["revoked_at"]
+
+
+@pytest.mark.parametrize("principal,scopes,ttl", [
+    ("", ["storedsafe:1:read"], 60),
+    ("a", [], 60),
+    ("a", ["nosuchkind:1:read"], 60),
+    ("a", ["storedsafe:1:fly"], 60),
+    ("a", ["storedsafe:1:read"], 0),
+    ("a", ["storedsafe:1:read"], 10**9),
+])
+def test_create_rejects_bad_input(store, principal, scopes, ttl):
+    with pytest.raises(InvalidInput):
+        TokenService(store).create(principal, [Scope.parse(s) for s in scopes], ttl)
+
+
+@pytest.mark.parametrize("text", ["storedsafe", "storedsafe:1", ":1:read", "a::read"])
+def test_scope_parse_rejects(text):
+    with pytest.raises(InvalidInput):
+        Scope.parse(text)
