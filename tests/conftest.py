@@ -103,7 +103,7 @@ def sqlite_store(tmp_path):
 
 
 @pytest.fixture
-def dynamo_store(moto_endpoint):
+def dynamodb_store(moto_endpoint):
     """A DynamoDB store on a fresh table in moto's server."""
     from chalicelib.store.dynamodb_store import DynamoStore, create_table
 

@@ -1,0 +1,646 @@
+"""The HSM service: generate, import, wrap, bind and use keys through PKCS#11.
+
+Keys live outside the HSM only as `WrappedKey`: material wrapped under a token-resident KEK,
+plus a tag (HMAC-SHA256 computed in the HSM with the bind key of the KEK's version) over every
+field and the owner's context. Every use verifies the tag against the caller's context before
+the blob is unwrapped, so a blob copied to another record, or any edited field, fails with
+errors.IntegrityError. Unwrapped keys are session objects, cached in a bounded LRU so that a hot
+key is unwrapped once per session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pkcs11
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11e
+from pkcs11.constants import DEFAULT
+
+from chalicelib import errors
+from chalicelib.config import Settings
+from chalicelib.hsm.keyobjects import HsmECPrivateKey, HsmRSAPrivateKey
+from chalicelib.hsm.labels import bind_key_label, kek_label, kek_version_of
+from chalicelib.hsm.session import SessionState, TokenSession, token_session
+from chalicelib.hsm.types import SignScheme, WrappedKey
+
+GCM_NONCE_BYTES = 12
+GCM_TAG_BYTES = 16
+AES_BITS = (128, 192, 256)
+RSA_BITS = (1024, 2048, 3072, 4096)
+RSA_IMPORT_BITS = (1024, 8192)  # inclusive range accepted on import
+MAX_SECRET_BYTES = 1024
+MAX_RANDOM_BYTES = 64 * 1024
+BIND_DOMAIN = b"keyfront/wrapped-key/v1"
+INTEGRITY_MESSAGE = "key blob does not belong to this record"
+
+
+@dataclass(frozen=True)
+class _Curve:
+    name: str  # our name, e.g. P-256
+    bits: int
+    params_der: bytes  # CKA_EC_PARAMS: DER OBJECT IDENTIFIER of the named curve
+    crypto: type[ec.EllipticCurve]
+
+
+_CURVES = {
+    "P-256": _Curve("P-256", 256, bytes.fromhex("06082a8648ce3d030107"), ec.SECP256R1),
+    "P-384": _Curve("P-384", 384, bytes.fromhex("06052b81040022"), ec.SECP384R1),
+}
+
+
+@dataclass(frozen=True)
+class _Hash:
+    name: str  # hashlib / cryptography name
+    size: int  # digest bytes
+    mech: Mechanism  # CKM_SHAxxx (PSS hashAlg)
+    mgf: MGF
+    rsa_pkcs: Mechanism  # CKM_SHAxxx_RSA_PKCS
+    rsa_pss: Mechanism  # CKM_SHAxxx_RSA_PKCS_PSS
+    digest_info: bytes  # DER DigestInfo prefix, for PKCS#1 v1.5 over a prehashed digest
+
+
+_HASHES = {
+    "sha224": _Hash("sha224", 28, Mechanism.SHA224, MGF.SHA224, Mechanism.SHA224_RSA_PKCS,
+                    Mechanism.SHA224_RSA_PKCS_PSS,
+                    bytes.fromhex("302d300d06096086480165030402040500041c")),
+    "sha256": _Hash("sha256", 32, Mechanism.SHA256, MGF.SHA256, Mechanism.SHA256_RSA_PKCS,
+                    Mechanism.SHA256_RSA_PKCS_PSS,
+                    bytes.fromhex("3031300d060960864801650304020105000420")),
+    "sha384": _Hash("sha384", 48, Mechanism.SHA384, MGF.SHA384, Mechanism.SHA384_RSA_PKCS,
+                    Mechanism.SHA384_RSA_PKCS_PSS,
+                    bytes.fromhex("3041300d060960864801650304020205000430")),
+    "sha512": _Hash("sha512", 64, Mechanism.SHA512, MGF.SHA512, Mechanism.SHA512_RSA_PKCS,
+                    Mechanism.SHA512_RSA_PKCS_PSS,
+                    bytes.fromhex("3051300d060960864801650304020305000440")),
+}
+
+# scheme -> (key kind, padding, hash)
+_SCHEMES: dict[SignScheme, tuple[str, str, str]] = {
+    SignScheme.RSA_PKCS1_SHA256: ("rsa", "pkcs1", "sha256"),
+    SignScheme.RSA_PKCS1_SHA384: ("rsa", "pkcs1", "sha384"),
+    SignScheme.RSA_PKCS1_SHA512: ("rsa", "pkcs1", "sha512"),
+    SignScheme.RSA_PSS_SHA256: ("rsa", "pss", "sha256"),
+    SignScheme.RSA_PSS_SHA384: ("rsa", "pss", "sha384"),
+    SignScheme.RSA_PSS_SHA512: ("rsa", "pss", "sha512"),
+    SignScheme.ECDSA_SHA256: ("ec", "ecdsa", "sha256"),
+    SignScheme.ECDSA_SHA384: ("ec", "ecdsa", "sha384"),
+    SignScheme.ECDSA_SHA512: ("ec", "ecdsa", "sha512"),
+}
+
+_CAPABILITIES = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP,
+                 Attribute.SIGN, Attribute.VERIFY, Attribute.DERIVE)
+_PRIVATE_CAPABILITIES = (Attribute.DECRYPT, Attribute.UNWRAP, Attribute.SIGN, Attribute.DERIVE)
+
+# kind -> (object class, key type, capabilities of the usable object)
+_KINDS: dict[str, tuple[ObjectClass, KeyType, tuple[Attribute, ...]]] = {
+    "aes": (ObjectClass.SECRET_KEY, KeyType.AES, (Attribute.ENCRYPT, Attribute.DECRYPT)),
+    "secret": (ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, (Attribute.SIGN, Attribute.VERIFY)),
+    "rsa": (ObjectClass.PRIVATE_KEY, KeyType.RSA, (Attribute.SIGN, Attribute.DECRYPT)),
+    "ec": (ObjectClass.PRIVATE_KEY, KeyType.EC, (Attribute.SIGN,)),
+}
+
+
+def _object_template(kind: str, *, extractable: bool, sensitive: bool = True,
+                     for_unwrap: bool = False) -> dict[Attribute, Any]:
+    """Explicit template of a session object of `kind`: every capability set on purpose."""
+    object_class, key_type, enabled = _KINDS[kind]
+    possible = _CAPABILITIES if object_class == ObjectClass.SECRET_KEY else _PRIVATE_CAPABILITIES
+    template: dict[Attribute, Any] = {}
+    if for_unwrap:
+        # python-pkcs11 fills in all seven capabilities; a private key has no ENCRYPT, VERIFY
+        # or WRAP attribute (SoftHSM: AttributeTypeInvalid), so drop those from its template
+        template.update({a: DEFAULT for a in _CAPABILITIES})
+    else:
+        template[Attribute.CLASS] = object_class
+        template[Attribute.KEY_TYPE] = key_type
+    template.update({a: (a in enabled) for a in possible})
+    template.update({
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: sensitive,
+        Attribute.EXTRACTABLE: extractable,
+    })
+    return template
+
+
+def _as_bytes(value: object, field: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise errors.InvalidInput(f"{field} must be bytes", field=field)
+    return bytes(value)
+
+
+def _require_context(context: str) -> str:
+    if not isinstance(context, str) or not context:
+        raise errors.InvalidInput("a key context is required", field="context")
+    return context
+
+
+def _der_len(data: bytes, pos: int) -> tuple[int, int]:
+    """(length, offset of the content) of the DER length at data[pos]."""
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    n = first & 0x7F
+    if n == 0 or n > 4 or pos + 1 + n > len(data):
+        raise ValueError("bad DER length")
+    return int.from_bytes(data[pos + 1:pos + 1 + n], "big"), pos + 1 + n
+
+
+def _ec_point(raw: bytes, curve: _Curve) -> bytes:
+    """The uncompressed point from CKA_EC_POINT (DER OCTET STRING per the spec, or raw)."""
+    point_len = 1 + 2 * ((curve.bits + 7) // 8)
+    if len(raw) == point_len and raw[0] == 0x04:
+        return raw  # some modules return the bare point
+    if raw[0] != 0x04:
+        raise ValueError("CKA_EC_POINT is not an OCTET STRING")
+    length, start = _der_len(raw, 1)
+    if start + length != len(raw):
+        raise ValueError("CKA_EC_POINT has trailing data")
+    return raw[start:]
+
+
+def _spki(public: Any) -> bytes:
+    return public.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _bind_message(kind: str, size: int, curve: str | None, exportable: bool, kek: str,
+                  mechanism: str, context: str, blob: bytes, public_der: bytes | None) -> bytes:
+    """Unambiguous encoding of everything a tag covers: each field length-prefixed."""
+    fields: list[bytes | None] = [
+        BIND_DOMAIN, kind.encode(), str(int(size)).encode(),
+        None if curve is None else curve.encode(), b"1" if exportable else b"0",
+        kek.encode(), mechanism.encode(), context.encode(), bytes(blob),
+        None if public_der is None else bytes(public_der),
+    ]
+    out = bytearray()
+    for f in fields:
+        if f is None:
+            out += b"\xff\xff\xff\xff"  # absent differs from empty
+        else:
+            out += len(f).to_bytes(4, "big") + f
+    return bytes(out)
+
+
+def _key_message(key: WrappedKey, context: str) -> bytes:
+    if not isinstance(key, WrappedKey):
+        raise errors.InvalidInput("not a wrapped key")
+    try:
+        if type(key.exportable) is not bool or type(key.size) is not int:
+            raise TypeError("field types")
+        return _bind_message(key.kind, key.size, key.curve, key.exportable, key.kek_label,
+                             key.mechanism, context, key.blob, key.public_der)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise errors.IntegrityError(INTEGRITY_MESSAGE) from exc
+
+
+class _BoundKey:
+    """A wrapped key together with the context it was checked against (for keyobjects)."""
+
+    def __init__(self, hsm: Hsm, key: WrappedKey, context: str) -> None:
+        self._hsm = hsm
+        self._key = key
+        self._context = context
+
+    def rsa_sign(self, data: bytes, hash_name: str, *, pss_salt: int | None,
+                 mgf_hash: str | None, prehashed: bool) -> bytes:
+        return self._hsm._rsa_sign(self._key, self._context, data, _HASHES[hash_name],
+                                   pss_salt=pss_salt,
+                                   mgf=None if mgf_hash is None else _HASHES[mgf_hash].mgf,
+                                   prehashed=prehashed)
+
+    def ecdsa_sign_digest(self, digest: bytes) -> bytes:
+        return self._hsm._ecdsa_sign_digest(self._key, self._context, digest)
+
+
+class Hsm:
+    """Key operations on the configured token; one instance per process and settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            self._wrap_mechanism = Mechanism[settings.wrap_mechanism]
+        except KeyError as exc:
+            raise errors.Unavailable(
+                f"unknown wrap mechanism {settings.wrap_mechanism!r}") from exc
+        self._ts: TokenSession = token_session(settings)
+
+    # ---- health ------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check module, token, login, KEK and bind key; raise errors.Unavailable if not."""
+        kek, bind = kek_label(self.settings), bind_key_label(self.settings)
+
+        def op(state: SessionState) -> None:
+            try:
+                state.secret_key(kek, KeyType.AES)
+                state.secret_key(bind, KeyType.GENERIC_SECRET)
+            except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
+                raise errors.Unavailable("the HSM key-encryption keys are not available") \
+                    from exc
+
+        self._ts.run(op)
+
+    # ---- creating keys -----------------------------------------------------------------
+
+    def generate_aes(self, bits: int, context: str, exportable: bool = False) -> WrappedKey:
+        """Generate an AES key of 128/192/256 bits in the HSM, wrapped and bound to context."""
+        _require_context(context)
+        if bits not in AES_BITS or isinstance(bits, bool):
+            raise errors.InvalidInput("AES keys are 128, 192 or 256 bits", field="bits")
+
+        def op(state: SessionState) -> WrappedKey:
+            obj = state.session.generate_key(
+                KeyType.AES, bits, store=False, mechanism=Mechanism.AES_KEY_GEN,
+                template=_object_template("aes", extractable=True))
+            return self._seal(state, obj, "aes", bits, None, bool(exportable), context, None)
+
+        return self._ts.run(op)
+
+    def generate_rsa(self, bits: int, context: str) -> WrappedKey:
+        """Generate an RSA key pair (1024/2048/3072/4096 bits, e=65537) in the HSM."""
+        _require_context(context)
+        if bits not in RSA_BITS or isinstance(bits, bool):
+            raise errors.InvalidInput("RSA keys are 1024, 2048, 3072 or 4096 bits", field="bits")
+
+        def op(state: SessionState) -> WrappedKey:
+            pub, priv = state.session.generate_keypair(
+                KeyType.RSA, bits, store=False, capabilities=0,
+                mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
+                public_template={
+                    Attribute.TOKEN: False, Attribute.VERIFY: True, Attribute.ENCRYPT: True,
+                    Attribute.WRAP: False, Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01",
+                },
+                private_template=_object_template("rsa", extractable=True))
+            try:
+                n = int.from_bytes(pub[Attribute.MODULUS], "big")
+                e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
+            finally:
+                pub.destroy()  # the public half is kept as SPKI, not in the HSM
+            public_der = _spki(rsa.RSAPublicNumbers(e, n).public_key())
+            return self._seal(state, priv, "rsa", bits, None, False, context, public_der)
+
+        return self._ts.run(op)
+
+    def generate_ec(self, curve: str, context: str) -> WrappedKey:
+        """Generate an EC key pair on "P-256" or "P-384" in the HSM."""
+        _require_context(context)
+        c = _CURVES.get(curve) if isinstance(curve, str) else None
+        if c is None:
+            raise errors.InvalidInput("EC curves are P-256 or P-384", field="curve")
+
+        def op(state: SessionState) -> WrappedKey:
+            pub, priv = state.session.generate_keypair(
+                KeyType.EC, store=False, capabilities=0, mechanism=Mechanism.EC_KEY_PAIR_GEN,
+                public_template={
+                    Attribute.TOKEN: False, Attribute.VERIFY: True,
+                    Attribute.EC_PARAMS: c.params_der,
+                },
+                private_template=_object_template("ec", extractable=True))
+            try:
+                point = _ec_point(pub[Attribute.EC_POINT], c)
+            finally:
+                pub.destroy()
+            public = ec.EllipticCurvePublicKey.from_encoded_point(c.crypto(), point)
+            return self._seal(state, priv, "ec", c.bits, c.name, False, context, _spki(public))
+
+        return self._ts.run(op)
+
+    def import_private_key(self, data: bytes, context: str,
+                           password: bytes | None = None) -> WrappedKey:
+        """Import an RSA or EC (P-256/P-384) private key, PEM or DER, PKCS#8 or traditional.
+
+        The key is created in the HSM as a session object and wrapped on the way in.
+        """
+        _require_context(context)
+        private = _load_private_key(data, password)
+        if isinstance(private, rsa.RSAPrivateKey):
+            bits = private.key_size
+            if not RSA_IMPORT_BITS[0] <= bits <= RSA_IMPORT_BITS[1]:
+                raise errors.InvalidInput("RSA keys from 1024 to 8192 bits can be imported",
+                                          field="key")
+            nums = private.private_numbers()
+
+            def be(i: int) -> bytes:
+                return i.to_bytes((i.bit_length() + 7) // 8 or 1, "big")
+
+            values: dict[Attribute, Any] = {
+                Attribute.MODULUS: be(nums.public_numbers.n),
+                Attribute.PUBLIC_EXPONENT: be(nums.public_numbers.e),
+                Attribute.PRIVATE_EXPONENT: be(nums.d),
+                Attribute.PRIME_1: be(nums.p),
+                Attribute.PRIME_2: be(nums.q),
+                Attribute.EXPONENT_1: be(nums.dmp1),
+                Attribute.EXPONENT_2: be(nums.dmq1),
+                Attribute.COEFFICIENT: be(nums.iqmp),
+            }
+            kind, size, curve_name = "rsa", bits, None
+        elif isinstance(private, ec.EllipticCurvePrivateKey):
+            c = next((c for c in _CURVES.values() if c.crypto.name == private.curve.name), None)
+            if c is None:
+                raise errors.InvalidInput("EC keys on P-256 or P-384 can be imported", field="key")
+            scalar = private.private_numbers().private_value
+            values = {
+                Attribute.EC_PARAMS: c.params_der,
+                Attribute.VALUE: scalar.to_bytes((c.bits + 7) // 8, "big"),
+            }
+            kind, size, curve_name = "ec", c.bits, c.name
+        else:
+            raise errors.InvalidInput("only RSA and EC private keys can be imported", field="key")
+        public_der = _spki(private.public_key())
+
+        def op(state: SessionState) -> WrappedKey:
+            obj = state.session.create_object(
+                {**_object_template(kind, extractable=True), **values})
+            return self._seal(state, obj, kind, size, curve_name, False, context, public_der)
+
+        return self._ts.run(op)
+
+    def import_secret(self, raw: bytes, context: str, exportable: bool = False) -> WrappedKey:
+        """Import raw secret material: 16/24/32 bytes become "aes", other lengths "secret"."""
+        _require_context(context)
+        raw = _as_bytes(raw, "key")
+        if not 1 <= len(raw) <= MAX_SECRET_BYTES:
+            raise errors.InvalidInput(f"secrets are 1 to {MAX_SECRET_BYTES} bytes", field="key")
+        kind = "aes" if len(raw) * 8 in AES_BITS else "secret"
+
+        def op(state: SessionState) -> WrappedKey:
+            obj = state.session.create_object(
+                {**_object_template(kind, extractable=True), Attribute.VALUE: raw})
+            return self._seal(state, obj, kind, len(raw) * 8, None, bool(exportable), context,
+                              None)
+
+        return self._ts.run(op)
+
+    def rebind(self, key: WrappedKey, old_context: str, new_context: str) -> WrappedKey:
+        """The same blob, checked against old_context and bound to new_context."""
+        _require_context(old_context)
+        _require_context(new_context)
+
+        def op(state: SessionState) -> WrappedKey:
+            self._verify(state, key, old_context, _key_message(key, old_context))
+            moved = dataclasses.replace(key, context=new_context, tag=b"")
+            return dataclasses.replace(moved, tag=self._tag(
+                state, key.kek_label, _key_message(moved, new_context)))
+
+        return self._ts.run(op)
+
+    # ---- using keys --------------------------------------------------------------------
+
+    def sign(self, key: WrappedKey, context: str, data: bytes, scheme: SignScheme) -> bytes:
+        """Sign data in the HSM. RSA: PKCS#1 v1.5 or PSS (salt = hash length, MGF1 same hash).
+
+        ECDSA returns raw r||s (JWS form); ecdsa_raw_to_der converts it for X.509/CMS.
+        """
+        spec = _SCHEMES.get(scheme) if isinstance(scheme, SignScheme) else None
+        if spec is None:
+            raise errors.InvalidInput("unknown signature scheme", field="scheme")
+        kind, pad, hash_name = spec
+        if key.kind != kind:
+            raise errors.InvalidInput(f"scheme {scheme.value} needs an {kind.upper()} key",
+                                      field="scheme")
+        h = _HASHES[hash_name]
+        data = _as_bytes(data, "data")
+        if pad == "ecdsa":
+            return self._ecdsa_sign_digest(key, context, hashlib.new(h.name, data).digest())
+        return self._rsa_sign(key, context, data, h, pss_salt=h.size if pad == "pss" else None,
+                              mgf=h.mgf, prehashed=False)
+
+    def encrypt_gcm(self, key: WrappedKey, context: str, plaintext: bytes,
+                    aad: bytes = b"") -> bytes:
+        """AES-GCM in the HSM: nonce(12) || ciphertext || tag(16), a fresh random nonce."""
+        self._require_kind(key, "aes")
+        plaintext = _as_bytes(plaintext, "plaintext")
+        nonce = os.urandom(GCM_NONCE_BYTES)  # 96-bit random nonce per message
+        params = pkcs11.GCMParams(nonce, _as_bytes(aad, "aad"), GCM_TAG_BYTES * 8)
+
+        def op(state: SessionState) -> bytes:
+            obj = self._usable(state, key, context)
+            return bytes(obj.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                     mechanism_param=params))
+
+        return nonce + self._ts.run(op)
+
+    def decrypt_gcm(self, key: WrappedKey, context: str, data: bytes, aad: bytes = b"") -> bytes:
+        """Inverse of encrypt_gcm; a wrong key, aad, tag or truncated input: IntegrityError."""
+        self._require_kind(key, "aes")
+        data = _as_bytes(data, "ciphertext")
+        if len(data) < GCM_NONCE_BYTES + GCM_TAG_BYTES:
+            raise errors.IntegrityError("ciphertext is truncated")
+        params = pkcs11.GCMParams(data[:GCM_NONCE_BYTES], _as_bytes(aad, "aad"),
+                                  GCM_TAG_BYTES * 8)
+
+        def op(state: SessionState) -> bytes:
+            obj = self._usable(state, key, context)
+            try:
+                return bytes(obj.decrypt(data[GCM_NONCE_BYTES:], mechanism=Mechanism.AES_GCM,
+                                         mechanism_param=params))
+            except (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange,
+                    p11e.DataInvalid, p11e.DataLenRange, p11e.FunctionFailed) as exc:
+                # SoftHSM reports a failed GCM tag check as CKR_GENERAL_ERROR
+                raise errors.IntegrityError("ciphertext failed its integrity check") from exc
+
+        return self._ts.run(op)
+
+    def random_bytes(self, n: int) -> bytes:
+        """n bytes from the HSM's RNG."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_RANDOM_BYTES:
+            raise errors.InvalidInput(f"0 to {MAX_RANDOM_BYTES} random bytes", field="n")
+        if n == 0:
+            return b""
+        return self._ts.run(lambda state: bytes(state.session.generate_random(n * 8)))
+
+    def export_secret(self, key: WrappedKey, context: str) -> bytes:
+        """The raw material of an exportable secret key; errors.Forbidden if not exportable."""
+        if key.kind not in ("aes", "secret"):
+            raise errors.InvalidInput("only secret keys can be exported")
+        if key.exportable is not True:
+            raise errors.Forbidden("this key is not exportable")
+        _require_context(context)
+
+        def op(state: SessionState) -> bytes:
+            self._verify(state, key, context, _key_message(key, context))
+            # a throw-away non-sensitive copy: the only way CKA_VALUE becomes readable
+            obj = self._unwrap(state, key, sensitive=False)
+            try:
+                value = bytes(obj[Attribute.VALUE])
+            finally:
+                obj.destroy()
+            # SoftHSM's AES_KEY_WRAP_PAD zero-pads to a multiple of 8: the size is authoritative
+            return value[: key.size // 8]
+
+        return self._ts.run(op)
+
+    def private_key(self, key: WrappedKey,
+                    context: str) -> HsmRSAPrivateKey | HsmECPrivateKey:
+        """A cryptography private key whose sign() runs in the HSM (for the X.509 builders)."""
+        if key.kind not in ("rsa", "ec") or key.public_der is None:
+            raise errors.InvalidInput("not an asymmetric key")
+        self._ts.run(lambda state: self._usable(state, key, context))  # check the tag now
+        public = serialization.load_der_public_key(key.public_der)
+        bound = _BoundKey(self, key, context)
+        if key.kind == "rsa" and isinstance(public, rsa.RSAPublicKey):
+            return HsmRSAPrivateKey(bound, public)
+        if key.kind == "ec" and isinstance(public, ec.EllipticCurvePublicKey):
+            return HsmECPrivateKey(bound, public)
+        raise errors.IntegrityError(INTEGRITY_MESSAGE)
+
+    def public_key_pem(self, key: WrappedKey) -> bytes:
+        """The public key of an asymmetric key as SubjectPublicKeyInfo PEM."""
+        if key.public_der is None:
+            raise errors.InvalidInput("not an asymmetric key")
+        public = serialization.load_der_public_key(key.public_der)
+        return public.public_bytes(serialization.Encoding.PEM,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _rsa_sign(self, key: WrappedKey, context: str, data: bytes, h: _Hash, *,
+                  pss_salt: int | None, mgf: MGF | None, prehashed: bool) -> bytes:
+        self._require_kind(key, "rsa")
+        param: tuple[Mechanism, MGF, int] | None = None
+        if pss_salt is None:
+            mech = Mechanism.RSA_PKCS if prehashed else h.rsa_pkcs
+            if prehashed:
+                data = h.digest_info + data  # CKM_RSA_PKCS signs a DigestInfo as given
+        else:
+            if (key.size + 6) // 8 < h.size + pss_salt + 2:  # RFC 8017 9.1.1: emLen bound
+                raise errors.InvalidInput(f"an RSA-{key.size} key is too small for PSS with "
+                                          f"{h.name.upper()}", field="scheme")
+            mech = Mechanism.RSA_PKCS_PSS if prehashed else h.rsa_pss
+            # explicit parameters: python-pkcs11's PSS defaults are SHA-1
+            param = (h.mech, mgf if mgf is not None else h.mgf, pss_salt)
+
+        def op(state: SessionState) -> bytes:
+            obj = self._usable(state, key, context)
+            return bytes(obj.sign(data, mechanism=mech, mechanism_param=param))
+
+        return self._ts.run(op)
+
+    def _ecdsa_sign_digest(self, key: WrappedKey, context: str, digest: bytes) -> bytes:
+        self._require_kind(key, "ec")
+
+        def op(state: SessionState) -> bytes:
+            obj = self._usable(state, key, context)
+            # SoftHSM has no CKM_ECDSA_SHAxxx: the digest is computed outside, signed raw
+            return bytes(obj.sign(bytes(digest), mechanism=Mechanism.ECDSA))
+
+        return self._ts.run(op)
+
+    @staticmethod
+    def _require_kind(key: WrappedKey, kind: str) -> None:
+        if not isinstance(key, WrappedKey):
+            raise errors.InvalidInput("not a wrapped key")
+        if key.kind != kind:
+            raise errors.InvalidInput(f"this operation needs an {kind.upper()} key")
+
+    def _seal(self, state: SessionState, obj: Any, kind: str, size: int, curve: str | None,
+              exportable: bool, context: str, public_der: bytes | None) -> WrappedKey:
+        """Wrap a fresh session object under the current KEK, tag it, cache the object."""
+        label = kek_label(self.settings)
+        try:
+            kek = state.secret_key(label, KeyType.AES)
+            blob = bytes(kek.wrap_key(obj, mechanism=self._wrap_mechanism))
+            message = _bind_message(kind, size, curve, exportable, label,
+                                    self._wrap_mechanism.name, context, blob, public_der)
+            tag = self._tag(state, label, message)
+        except BaseException:
+            try:
+                obj.destroy()
+            except p11e.PKCS11Error:
+                pass
+            raise
+        # the object is usable as generated: keep it, so first use needs no unwrap
+        state.cache.put(_cache_key(message, tag), obj)
+        return WrappedKey(kind=kind, size=size, curve=curve, exportable=exportable,
+                          kek_label=label, mechanism=self._wrap_mechanism.name, context=context,
+                          blob=blob, public_der=public_der, tag=tag)
+
+    def _bind_key(self, state: SessionState, kek: str) -> Any:
+        version = kek_version_of(self.settings, kek)
+        if version is None:
+            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+        try:
+            return state.secret_key(bind_key_label(self.settings, version),
+                                    KeyType.GENERIC_SECRET)
+        except p11e.NoSuchKey as exc:
+            # a blob naming a KEK version this token does not have cannot be verified
+            # (ping reports a missing current version as Unavailable)
+            raise errors.IntegrityError("key blob refers to an unknown KEK version") from exc
+        except p11e.MultipleObjectsReturned as exc:
+            raise errors.Unavailable(f"the bind key of KEK version {version} is ambiguous") \
+                from exc
+
+    def _tag(self, state: SessionState, kek: str, message: bytes) -> bytes:
+        """HMAC-SHA256 of message, computed in the HSM with the bind key of `kek`."""
+        return bytes(self._bind_key(state, kek).sign(message, mechanism=Mechanism.SHA256_HMAC))
+
+    def _verify(self, state: SessionState, key: WrappedKey, context: str,
+                message: bytes) -> None:
+        if key.context != context or not isinstance(key.tag, bytes):
+            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+        if not hmac.compare_digest(self._tag(state, key.kek_label, message), key.tag):
+            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+
+    def _usable(self, state: SessionState, key: WrappedKey, context: str) -> Any:
+        """The unwrapped session object of key, after its tag checked out against context."""
+        _require_context(context)
+        if key.context != context:
+            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+        message = _key_message(key, context)
+        cache_key = _cache_key(message, key.tag if isinstance(key.tag, bytes) else b"")
+        obj = state.cache.get(cache_key)
+        if obj is not None:
+            return obj  # entries are only made after the tag verified (or at creation)
+        self._verify(state, key, context, message)
+        obj = self._unwrap(state, key, sensitive=True)
+        state.cache.put(cache_key, obj)
+        return obj
+
+    def _unwrap(self, state: SessionState, key: WrappedKey, *, sensitive: bool) -> Any:
+        if key.kind not in _KINDS:
+            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+        object_class, key_type, _ = _KINDS[key.kind]
+        try:
+            mechanism = Mechanism[key.mechanism]
+        except KeyError as exc:
+            raise errors.Unavailable(f"unknown wrap mechanism {key.mechanism!r}") from exc
+        try:
+            kek = state.secret_key(key.kek_label, KeyType.AES)
+        except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
+            raise errors.Unavailable(f"KEK {key.kek_label} is not available") from exc
+        return kek.unwrap_key(
+            object_class, key_type, key.blob, mechanism=mechanism, store=False, capabilities=0,
+            template=_object_template(key.kind, extractable=not sensitive, sensitive=sensitive,
+                                      for_unwrap=True))
+
+
+def _cache_key(message: bytes, tag: bytes) -> bytes:
+    # the message holds every field and the context, so only that exact record hits the entry
+    return hashlib.sha256(len(message).to_bytes(4, "big") + message + tag).digest()
+
+
+def _load_private_key(data: bytes, password: bytes | None) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview) or not data:
+        raise errors.InvalidInput("a private key (PEM or DER) is required", field="key")
+    if password is not None and not isinstance(password, bytes):
+        raise errors.InvalidInput("the password must be bytes", field="password")
+    data = bytes(data)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return serialization.load_pem_private_key(data, password)
+        return serialization.load_der_private_key(data, password)
+    except TypeError as exc:  # password given for a clear key, or missing for an encrypted one
+        raise errors.InvalidInput("wrong or missing password for the private key",
+                                  field="password") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise errors.InvalidInput("the private key cannot be parsed", field="key") from exc
