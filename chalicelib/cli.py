@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    from chalicelib.local_server import apply_stage_environment
+
+    # Every command sees the same configuration as the server: the stage's variables,
+    # unless the environment already sets them.
+    apply_stage_environment(getattr(args, "stage", "dev"))
     return int(args.func(args))
 
 

@@ -43,10 +43,21 @@ def stage_environment(stage: str) -> dict[str, str]:
     return env
 
 
+def apply_stage_environment(stage: str) -> None:
+    """Set the stage's variables that the environment does not set already.
+
+    SOFTHSM2_CONF and the token directory inside it are relative to the repository root,
+    so the relative config path is made absolute here.
+    """
+    for k, v in stage_environment(stage).items():
+        if k == "SOFTHSM2_CONF" and not os.path.isabs(v):
+            v = str(REPO_ROOT / v)
+        os.environ.setdefault(k, v)
+
+
 def build_server(host: str, port: int, stage: str = "dev") -> LocalDevServer:
     """Load app.py with the stage's environment (variables already set win) and bind."""
-    for k, v in stage_environment(stage).items():
-        os.environ.setdefault(k, v)
+    apply_stage_environment(stage)
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from chalice.local import LocalChalice

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,13 +86,26 @@ def hsm(settings):
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's DynamoDB server, spoken to over real HTTP."""
+    from moto.dynamodb.responses import DynamoHandler
     from moto.server import ThreadedMotoServer
 
+    # DynamoDB applies each request atomically; moto does not (put_item checks then writes
+    # unlocked, and a cancelled transact_write_items restores a deep copy of the whole
+    # table, wiping other threads' commits). Serialise moto's DynamoDB handler so races
+    # test our conditions, not moto's internals. It is still moto's real HTTP server.
+    original, lock = DynamoHandler.call_action, threading.RLock()
+
+    def serial_call_action(self):  # type: ignore[no-untyped-def]
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = serial_call_action
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+    DynamoHandler.call_action = original
 
 
 @pytest.fixture
