@@ -104,3 +104,24 @@ def test_guard_maps_expected_errors_and_hides_unexpected_ones(caplog):
     assert logged["error"] == "RuntimeError" and logged["request_id"] == body["request_id"]
 
 
+
+
+def test_server_restart_keeps_tokens_and_data(tmp_path):
+    """A second start on the same store reuses it: earlier tokens still work."""
+    from tests.conftest import LiveServer
+
+    env = {"KEYFRONT_STORE": "sqlite", "KEYFRONT_ACCESS_LOG": "0",
+           "KEYFRONT_SQLITE_PATH": str(tmp_path / "persist.sqlite3")}
+    first = LiveServer("sqlite", env, free_port(), tmp_path / "a.log")
+    first.start()
+    token = first.mint("storedsafe:1:read")
+    first.stop()
+    assert "First start: an admin token" in first.log_tail()
+    second = LiveServer("sqlite", env, free_port(), tmp_path / "b.log")
+    second.start()
+    try:
+        assert second.services.tokens.authenticate(token).name == "tester"
+        assert second.client().get("/health").status == 200
+        assert "First start" not in second.log_path.read_text()
+    finally:
+        second.stop()
