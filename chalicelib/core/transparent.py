@@ -1,0 +1,797 @@
+"""Transparent encryption (the StoredSafe model): named AES-GCM keys per vault, with versions.
+
+A vault is a key ring of kind "storedsafe"; a token's scope on it carries the vendor's bits
+Read(1), Write(2), Admin(4), which are hierarchical here (Admin implies Write implies Read).
+
+Store layout (one partition per vault for the key records, one per key incarnation for its
+versions, so that a deleted and re-created name never meets the old versions):
+
+    pk "ss#{vault}"                      sk "key#{name}"   the key record (latest version,
+                                                           min_decryption_version, flags, ...)
+    pk "ss#{vault}#{name}#{objectid}"    sk "v#{n:010d}"   version n: its WrappedKey
+
+Every version's data key is generated in the HSM and stored only wrapped under the KEK, bound to
+the context "storedsafe/{vault}/{name}/{objectid}/{n}". Ciphertext is
+"storedsafe:v{n}:" + base64(nonce(12) || ciphertext || tag(16)), AES-GCM in the HSM, with an AAD
+naming the key's origin (vault, name and objectid where it was created) and the version: a
+ciphertext presented to another key, vault or version fails its tag check. The origin travels
+with a backup, so a restored key still opens what the original encrypted.
+
+Version records are immutable, so they are cached in-process; the key record is read on every
+request (another container may have rotated, reconfigured or deleted the key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from chalicelib.config import Settings
+from chalicelib.core.audit import AuditLog
+from chalicelib.core.permissions import STOREDSAFE
+from chalicelib.core.tokens import Caller
+from chalicelib.errors import (
+    Conflict,
+    Forbidden,
+    IntegrityError,
+    InvalidInput,
+    InvalidState,
+    KeyfrontError,
+    LimitExceeded,
+    NotFound,
+    StoreConditionFailed,
+    StoreTransactionCancelled,
+)
+from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.store import Put, Store, Update
+
+log = logging.getLogger("keyfront.transparent")
+
+KIND = STOREDSAFE
+KEY_TYPES: dict[str, int] = {"aes128-gcm96": 128, "aes256-gcm96": 256}
+DEFAULT_KEY_TYPE = "aes128-gcm96"
+DATAKEY_BITS = (128, 256, 512)
+DEFAULT_DATAKEY_BITS = 256
+NONCE_BYTES = 12
+TAG_BYTES = 16
+MAX_VERSION = 999_999_999
+MAX_INFO_CHARS = 1024
+CONFLICT_RETRIES = 64  # optimistic-concurrency attempts before a clear 409
+VERSION_CACHE_SIZE = 4096
+BACKUP_FORMAT = "keyfront-storedsafe-backup"
+BACKUP_FORMAT_VERSION = 1
+
+# Which scope permissions satisfy a needed level: the vendor's levels are hierarchical.
+LEVELS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read", "write", "admin"}),
+    "write": frozenset({"write", "admin"}),
+    "admin": frozenset({"admin"}),
+}
+
+_VAULT_RE = re.compile(r"[0-9]{1,20}\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_CIPHERTEXT_RE = re.compile(r"storedsafe:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]*={0,2})\Z")
+
+
+# ---- pure formats (no I/O) ------------------------------------------------------------------
+
+def validate_vault(vault: object) -> str:
+    """A vault id: 1 to 20 decimal digits; InvalidInput otherwise."""
+    if not isinstance(vault, str) or not _VAULT_RE.match(vault):
+        raise InvalidInput("vaultid must be a decimal vault id", field="vaultid")
+    return vault
+
+
+def validate_name(name: object) -> str:
+    """A key name: 1-128 of A-Z a-z 0-9 _ . - (starting with a letter or digit)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidInput("name must be 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-', "
+                           "starting with a letter or digit", field="name")
+    return name
+
+
+def key_bits(key_type: object) -> int:
+    """Key size in bits of a supported key type; InvalidInput for any other type."""
+    bits = KEY_TYPES.get(key_type) if isinstance(key_type, str) else None
+    if bits is None:
+        raise InvalidInput(f"unsupported key type; supported: {', '.join(KEY_TYPES)}",
+                           field="type")
+    return bits
+
+
+def b64decode_strict(text: str) -> bytes:
+    """Canonical standard base64 (padded, no whitespace); ValueError (binascii.Error) otherwise.
+
+    Canonical means re-encoding gives the same text: excess padding or non-zero padding bits,
+    which the lenient decoder ignores, would let two strings name the same bytes.
+    """
+    data = base64.b64decode(text, validate=True)
+    if base64.b64encode(data).decode("ascii") != text:
+        raise ValueError("not canonical base64")
+    return data
+
+
+def format_ciphertext(version: int, data: bytes) -> str:
+    """storedsafe:v<N>:<base64(nonce || ciphertext || tag)>."""
+    return f"storedsafe:v{version}:{base64.b64encode(data).decode('ascii')}"
+
+
+def parse_ciphertext(text: object, field: str = "ciphertext") -> tuple[int, bytes]:
+    """(version, nonce || ciphertext || tag) of a ciphertext string; InvalidInput if malformed.
+
+    Strict: the exact prefix, a positive decimal version, canonical padded base64, and at least
+    a nonce and a tag's worth of bytes.
+    """
+    m = _CIPHERTEXT_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise InvalidInput(f"{field} is not of the form storedsafe:v<N>:<base64>", field=field)
+    try:
+        data = b64decode_strict(m.group(2))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{field} is not valid base64", field=field) from exc
+    if len(data) < NONCE_BYTES + TAG_BYTES:
+        raise InvalidInput(f"{field} is truncated", field=field)
+    return int(m.group(1)), data
+
+
+def version_aad(origin: str, version: int) -> bytes:
+    """The AAD of every message under one key version: binds origin (vault/name/id) and N."""
+    return f"storedsafe|{origin}|v{version}".encode()
+
+
+def version_context(vault: str, name: str, objectid: str, version: int) -> str:
+    """The HSM binding context of a version blob: the record it belongs to."""
+    return f"storedsafe/{vault}/{name}/{objectid}/{version}"
+
+
+def _backup_context(digest: str, version: int) -> str:
+    # Blobs inside a backup are bound to a digest of the backup's metadata, so editing any
+    # metadata (flags, versions, origin) makes the HSM refuse to rebind them on restore.
+    return f"storedsafe-backup/{digest}/{version}"
+
+
+def _backup_digest(meta: dict[str, Any]) -> str:
+    canonical = json.dumps({"format": BACKUP_FORMAT, "v": BACKUP_FORMAT_VERSION, "key": meta},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _wrapped_to_json(key: WrappedKey) -> dict[str, Any]:
+    d = key.to_dict()
+    for k in ("blob", "public_der", "tag"):
+        if d[k] is not None:
+            d[k] = base64.b64encode(d[k]).decode("ascii")
+    return d
+
+
+def _wrapped_from_json(d: object) -> WrappedKey:
+    if not isinstance(d, dict):
+        raise ValueError("wrapped key is not an object")
+    d = dict(d)
+    for k in ("blob", "public_der", "tag"):
+        if d.get(k) is not None:
+            if not isinstance(d[k], str):
+                raise ValueError("binary fields are base64 strings")
+            d[k] = b64decode_strict(d[k])
+    for k in ("kind", "kek_label", "mechanism", "context"):
+        if not isinstance(d.get(k), str):
+            raise ValueError(f"{k} must be a string")
+    if type(d.get("size")) is not int or type(d.get("exportable")) is not bool:
+        raise ValueError("size is an int and exportable a bool")
+    return WrappedKey.from_dict(d)
+
+
+def _new_objectid() -> str:
+    # numeric-looking like the vendor's object ids; unique per key incarnation
+    return str(10**11 + secrets.randbelow(9 * 10**11))
+
+
+# ---- domain types ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TransitKey:
+    """One named key's record (metadata only; the material lives in its version records)."""
+
+    vault: str
+    name: str
+    type: str
+    latest_version: int
+    min_decryption_version: int
+    allow_export: bool
+    allow_backup: bool
+    allow_delete: bool
+    info: str
+    objectid: str
+    origin: str  # "vault/name/objectid" where the key was first created (AAD binding)
+    created_at: int
+    updated_at: int
+    item_version: int = 0  # the store's optimistic-concurrency version of the record
+
+    @property
+    def bits(self) -> int:
+        """AES key size of this key's type."""
+        return KEY_TYPES[self.type]
+
+    @property
+    def pk(self) -> str:
+        """Partition of the key record."""
+        return f"ss#{self.vault}"
+
+    @property
+    def sk(self) -> str:
+        """Sort key of the key record."""
+        return f"key#{self.name}"
+
+    @property
+    def versions_pk(self) -> str:
+        """Partition holding this incarnation's version records."""
+        return f"ss#{self.vault}#{self.name}#{self.objectid}"
+
+    def context(self, version: int) -> str:
+        """HSM binding context of version `version`'s blob."""
+        return version_context(self.vault, self.name, self.objectid, version)
+
+    def to_item(self) -> dict[str, Any]:
+        """The store item (without the store-managed version)."""
+        return {
+            "pk": self.pk, "sk": self.sk, "name": self.name, "type": self.type,
+            "latest_version": self.latest_version,
+            "min_decryption_version": self.min_decryption_version,
+            "allow_export": self.allow_export, "allow_backup": self.allow_backup,
+            "allow_delete": self.allow_delete, "info": self.info, "objectid": self.objectid,
+            "origin": self.origin, "created_at": self.created_at, "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_item(cls, vault: str, item: dict[str, Any]) -> TransitKey:
+        """Inverse of to_item."""
+        return cls(
+            vault=vault, name=item["name"], type=item["type"],
+            latest_version=int(item["latest_version"]),
+            min_decryption_version=int(item["min_decryption_version"]),
+            allow_export=bool(item["allow_export"]), allow_backup=bool(item["allow_backup"]),
+            allow_delete=bool(item["allow_delete"]), info=str(item.get("info") or ""),
+            objectid=str(item["objectid"]), origin=str(item["origin"]),
+            created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
+            item_version=int(item["version"]),
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """Public metadata (the vendor's KEYS entry plus min_decryption_version)."""
+        return {
+            "name": self.name, "key_version": str(self.latest_version), "type": self.type,
+            "allow_backup": self.allow_backup, "allow_export": self.allow_export,
+            "allow_delete": self.allow_delete, "supports_signing": False, "info": self.info,
+            "min_decryption_version": str(self.min_decryption_version),
+            "objectid": self.objectid,
+        }
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """Result of encrypt/rewrap: the ciphertext string and the version it used."""
+
+    ciphertext: str
+    key_version: int
+    key: TransitKey
+    created: bool = False  # encrypt created the key (Write token, missing key)
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """Result of decrypt."""
+
+    plaintext: bytes
+    key_version: int
+    key: TransitKey
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A fresh data key, wrapped under a named key; plaintext only when asked for."""
+
+    ciphertext: str
+    plaintext: bytes | None
+    key_version: int
+    bits: int
+    key: TransitKey
+
+
+# ---- the service ----------------------------------------------------------------------------
+
+class TransparentService:
+    """Named keys, versions and AES-GCM operations of one vault family, with audit."""
+
+    def __init__(self, store: Store, hsm: Hsm, audit: AuditLog, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._hsm = hsm
+        self._audit = audit
+        self._settings = settings
+        self._clock = clock
+        self._versions: OrderedDict[tuple[str, str], WrappedKey] = OrderedDict()
+        self._versions_lock = threading.Lock()
+
+    # ---- permissions and audit ------------------------------------------------------------
+
+    @staticmethod
+    def can(caller: Caller, vault: str, level: str) -> bool:
+        """Does the caller hold `level` (read/write/admin, hierarchical) in the vault?"""
+        return bool(caller.principal.perms(KIND, vault) & LEVELS[level])
+
+    def _check(self, caller: Caller, vault: str, level: str) -> None:
+        # One answer whether or not the vault or the key exists (no existence oracle).
+        if not self.can(caller, vault, level):
+            raise Forbidden(f"{level.capitalize()} permission is required in vault {vault}",
+                            needed=(level,))
+
+    def authorize(self, caller: Caller, vault: str, level: str, action: str, name: str = "") \
+            -> None:
+        """Raise Forbidden (audited as denied) unless the caller holds `level` in the vault.
+
+        Dialects call it before validating a body, so that permission answers come first.
+        """
+        try:
+            self._check(caller, vault, level)
+        except Forbidden as exc:
+            self._record(caller, action, _obj(vault, name), "denied", reason=exc.code)
+            raise
+
+    def _record(self, caller: Caller, action: str, obj: str, outcome: str,
+                **details: Any) -> None:
+        self._audit.record(caller, action, obj, outcome, **details)
+
+    @contextmanager
+    def _op(self, caller: Caller, action: str, obj: str) -> Iterator[dict[str, Any]]:
+        """Audit the enclosed operation: success with its details, or its failure reason."""
+        details: dict[str, Any] = {}
+        try:
+            yield details
+        except KeyfrontError as exc:
+            outcome = "denied" if isinstance(exc, Forbidden) else "failure"
+            try:
+                self._record(caller, action, obj, outcome, reason=exc.code, **details)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                log.exception("audit write failed for %s", action)
+            raise
+        self._record(caller, action, obj, "success", **details)
+
+    # ---- store access -----------------------------------------------------------------------
+
+    def _find(self, vault: str, name: str) -> TransitKey | None:
+        item = self._store.get(f"ss#{vault}", f"key#{name}")
+        return None if item is None else TransitKey.from_item(vault, item)
+
+    def _require(self, vault: str, name: str) -> TransitKey:
+        key = self._find(vault, name)
+        if key is None:
+            raise NotFound(f"key {name} not found in vault {vault}")
+        return key
+
+    def _version_key(self, key: TransitKey, version: int) -> WrappedKey:
+        """The WrappedKey of one version (version records are immutable: cached)."""
+        ck = (key.versions_pk, f"v#{version:010d}")
+        with self._versions_lock:
+            hit = self._versions.get(ck)
+            if hit is not None:
+                self._versions.move_to_end(ck)
+                return hit
+        item = self._store.get(*ck)
+        if item is None:
+            # the key record named it, so the key was deleted or replaced meanwhile
+            raise NotFound(f"key version {version} of {key.name} not found")
+        wrapped = WrappedKey.from_dict(item["wrapped"])
+        with self._versions_lock:
+            self._versions[ck] = wrapped
+            while len(self._versions) > VERSION_CACHE_SIZE:
+                self._versions.popitem(last=False)
+        return wrapped
+
+    def _version_item(self, key: TransitKey, version: int, wrapped: WrappedKey) \
+            -> dict[str, Any]:
+        return {"pk": key.versions_pk, "sk": f"v#{version:010d}", "key_version": version,
+                "created_at": int(self._clock()), "wrapped": wrapped.to_dict()}
+
+    def _purge_versions(self, versions_pk: str, latest: int) -> None:
+        """Best-effort removal of a dead incarnation's version records (unreachable anyway)."""
+        try:
+            for _ in range(latest // 100 + 2):  # bounded; each round deletes a page
+                page = self._store.query(versions_pk, "v#", limit=100)
+                if not page.items:
+                    break
+                for item in page.items:
+                    try:
+                        self._store.delete_if(versions_pk, item["sk"])
+                    except StoreConditionFailed:
+                        pass  # someone else removed it
+        except KeyfrontError:
+            log.warning("could not purge version records of a deleted key")
+        with self._versions_lock:
+            for ck in [ck for ck in self._versions if ck[0] == versions_pk]:
+                del self._versions[ck]
+
+    # ---- crypto helpers ---------------------------------------------------------------------
+
+    def _check_plaintext(self, plaintext: bytes) -> None:
+        limit = self._settings.max_plaintext_bytes
+        if len(plaintext) > limit:
+            raise LimitExceeded(f"plaintext is larger than {limit} bytes")
+
+    def _pick(self, key: TransitKey, requested: int | None, field: str) -> int:
+        """The version to use: latest, or `requested` if it exists and is not retired."""
+        if requested is None:
+            return key.latest_version
+        if requested < 1 or requested > key.latest_version:
+            raise NotFound(f"key version {requested} of {key.name} not found")
+        if requested < key.min_decryption_version:
+            raise InvalidState(f"{field} {requested} is below the key's "
+                               f"min_decryption_version {key.min_decryption_version}")
+        return requested
+
+    def _seal(self, key: TransitKey, version: int, plaintext: bytes) -> str:
+        data = self._hsm.encrypt_gcm(self._version_key(key, version), key.context(version),
+                                     plaintext, version_aad(key.origin, version))
+        return format_ciphertext(version, data)
+
+    def _open(self, key: TransitKey, ciphertext: str) -> tuple[bytes, int]:
+        version, data = parse_ciphertext(ciphertext)
+        if len(data) > self._settings.max_plaintext_bytes + NONCE_BYTES + TAG_BYTES:
+            raise LimitExceeded("ciphertext is larger than the largest plaintext allows")
+        if version > key.latest_version:
+            raise NotFound(f"key version {version} of {key.name} not found")
+        if version < key.min_decryption_version:
+            raise InvalidState(f"ciphertext version {version} is below the key's "
+                               f"min_decryption_version {key.min_decryption_version}")
+        try:
+            plaintext = self._hsm.decrypt_gcm(self._version_key(key, version),
+                                              key.context(version), data,
+                                              version_aad(key.origin, version))
+        except IntegrityError as exc:
+            raise IntegrityError("ciphertext failed verification: tampered, truncated, or "
+                                 "not made by this key") from exc
+        return plaintext, version
+
+    # ---- key lifecycle ----------------------------------------------------------------------
+
+    def _insert_new(self, vault: str, name: str, key_type: str, *, allow_export: bool,
+                    allow_backup: bool, allow_delete: bool, info: str) -> TransitKey:
+        """Create version 1 and the record in one transaction; Conflict if the name exists."""
+        bits = key_bits(key_type)
+        now = int(self._clock())
+        objectid = _new_objectid()
+        key = TransitKey(vault=vault, name=name, type=key_type, latest_version=1,
+                         min_decryption_version=1, allow_export=allow_export,
+                         allow_backup=allow_backup, allow_delete=allow_delete, info=info,
+                         objectid=objectid, origin=f"{vault}/{name}/{objectid}",
+                         created_at=now, updated_at=now, item_version=1)
+        wrapped = self._hsm.generate_aes(bits, key.context(1), exportable=allow_export)
+        try:
+            self._store.transact([Put(key.to_item()), Put(self._version_item(key, 1, wrapped))])
+        except StoreTransactionCancelled as exc:
+            raise Conflict(f"key {name} already exists in vault {vault}") from exc
+        return key
+
+    def create_key(self, caller: Caller, vault: str, name: str, *,
+                   key_type: str = DEFAULT_KEY_TYPE, allow_export: bool = True,
+                   allow_backup: bool = True, allow_delete: bool = True,
+                   info: str = "") -> TransitKey:
+        """Create a named key (version 1). Write; Conflict if it exists."""
+        with self._op(caller, "storedsafe.key.create", _obj(vault, name)) as details:
+            self._check(caller, vault, "write")
+            details.update(type=key_type if key_type in KEY_TYPES else None)
+            if len(info) > MAX_INFO_CHARS:
+                raise InvalidInput(f"info is longer than {MAX_INFO_CHARS} characters",
+                                   field="info")
+            key = self._insert_new(vault, name, key_type, allow_export=allow_export,
+                                   allow_backup=allow_backup, allow_delete=allow_delete,
+                                   info=info)
+            details.update(key_version=1)
+            return key
+
+    def list_keys(self, caller: Caller, vault: str) -> list[TransitKey]:
+        """Every key of the vault, by name. Read."""
+        self.authorize(caller, vault, "read", "storedsafe.key.list")
+        out: list[TransitKey] = []
+        cursor = None
+        while True:
+            page = self._store.query(f"ss#{vault}", "key#", limit=100, cursor=cursor)
+            out += [TransitKey.from_item(vault, it) for it in page.items]
+            if not page.cursor:
+                return out
+            cursor = page.cursor
+
+    def read_key(self, caller: Caller, vault: str, name: str) -> TransitKey:
+        """One key's metadata. Read."""
+        self.authorize(caller, vault, "read", "storedsafe.key.read", name)
+        return self._require(vault, name)
+
+    def rotate(self, caller: Caller, vault: str, name: str) -> TransitKey:
+        """Add version latest+1. Write. Racing rotations get distinct versions (retry on CAS)."""
+        with self._op(caller, "storedsafe.key.rotate", _obj(vault, name)) as details:
+            self._check(caller, vault, "write")
+            for _ in range(CONFLICT_RETRIES):
+                key = self._require(vault, name)
+                n = key.latest_version + 1
+                if n > MAX_VERSION:
+                    raise LimitExceeded("the key has reached its maximum version")
+                wrapped = self._hsm.generate_aes(key.bits, key.context(n),
+                                                 exportable=key.allow_export)
+                new = _replace(key, latest_version=n, updated_at=int(self._clock()))
+                try:
+                    # the record's version is the lock: a concurrent rotation makes this fail
+                    self._store.transact([Update(new.to_item(), key.item_version),
+                                          Put(self._version_item(key, n, wrapped))])
+                except StoreTransactionCancelled:
+                    continue
+                details.update(key_version=n)
+                return _replace(new, item_version=key.item_version + 1)
+            raise Conflict("the key is being changed concurrently; retry")
+
+    def configure(self, caller: Caller, vault: str, name: str, *,
+                  min_decryption_version: int | None = None,
+                  allow_delete: bool | None = None) -> TransitKey:
+        """Set min_decryption_version and/or allow_delete (beyond the vendor). Admin."""
+        with self._op(caller, "storedsafe.key.config", _obj(vault, name)) as details:
+            self._check(caller, vault, "admin")
+            if min_decryption_version is None and allow_delete is None:
+                raise InvalidInput("give min_decryption_version or allow_delete")
+            for _ in range(CONFLICT_RETRIES):
+                key = self._require(vault, name)
+                changes: dict[str, Any] = {}
+                if min_decryption_version is not None:
+                    if not 1 <= min_decryption_version <= key.latest_version:
+                        raise InvalidInput(
+                            f"min_decryption_version must be 1..{key.latest_version}",
+                            field="min_decryption_version")
+                    changes["min_decryption_version"] = min_decryption_version
+                if allow_delete is not None:
+                    changes["allow_delete"] = allow_delete
+                new = _replace(key, updated_at=int(self._clock()), **changes)
+                try:
+                    self._store.update_if_version(new.to_item(), key.item_version)
+                except StoreConditionFailed:
+                    continue
+                details.update(key_version=new.latest_version)
+                return _replace(new, item_version=key.item_version + 1)
+            raise Conflict("the key is being changed concurrently; retry")
+
+    def delete(self, caller: Caller, vault: str, name: str) -> TransitKey:
+        """Delete a key and all its versions. Write, and refused unless allow_delete."""
+        with self._op(caller, "storedsafe.key.delete", _obj(vault, name)) as details:
+            self._check(caller, vault, "write")
+            for _ in range(CONFLICT_RETRIES):
+                key = self._require(vault, name)
+                if not key.allow_delete:
+                    raise InvalidState(f"deletion is not allowed for key {name} "
+                                       "(allow_delete is false)")
+                try:
+                    # conditional on the version read: a concurrent config change wins
+                    self._store.delete_if(key.pk, key.sk, key.item_version)
+                except StoreConditionFailed:
+                    continue
+                details.update(key_version=key.latest_version)
+                self._purge_versions(key.versions_pk, key.latest_version)
+                return key
+            raise Conflict("the key is being changed concurrently; retry")
+
+    # ---- key use ----------------------------------------------------------------------------
+
+    def encrypt(self, caller: Caller, vault: str, name: str, plaintext: bytes, *,
+                key_version: int | None = None, key_type: str | None = None) -> Encrypted:
+        """Encrypt under the latest (or a given) version. Read; a Write token creates a
+        missing key (of `key_type`, default aes128-gcm96)."""
+        with self._op(caller, "storedsafe.encrypt", _obj(vault, name)) as details:
+            self._check(caller, vault, "read")
+            self._check_plaintext(plaintext)
+            if key_type is not None:
+                key_bits(key_type)
+            key = self._find(vault, name)
+            created = False
+            if key is None:
+                if not self.can(caller, vault, "write"):
+                    raise NotFound(f"key {name} not found in vault {vault}")
+                key, created = self._create_for_encrypt(caller, vault, name,
+                                                        key_type or DEFAULT_KEY_TYPE)
+            n = self._pick(key, key_version, "key_version")
+            details.update(key_version=n)
+            return Encrypted(self._seal(key, n, plaintext), n, key, created)
+
+    def _create_for_encrypt(self, caller: Caller, vault: str, name: str,
+                            key_type: str) -> tuple[TransitKey, bool]:
+        try:
+            with self._op(caller, "storedsafe.key.create", _obj(vault, name)) as details:
+                details.update(type=key_type, key_version=1)
+                key = self._insert_new(vault, name, key_type, allow_export=True,
+                                       allow_backup=True, allow_delete=True, info="")
+            return key, True
+        except Conflict:
+            # created concurrently by another request: use that one
+            return self._require(vault, name), False
+
+    def decrypt(self, caller: Caller, vault: str, name: str, ciphertext: str) -> Decrypted:
+        """Decrypt; the version comes from the ciphertext prefix. Read."""
+        with self._op(caller, "storedsafe.decrypt", _obj(vault, name)) as details:
+            self._check(caller, vault, "read")
+            key = self._require(vault, name)
+            plaintext, n = self._open(key, ciphertext)
+            details.update(key_version=n)
+            return Decrypted(plaintext, n, key)
+
+    def rewrap(self, caller: Caller, vault: str, name: str, ciphertext: str, *,
+               to_version: int | None = None) -> Encrypted:
+        """Re-encrypt a ciphertext under to_version (default latest); the plaintext never
+        leaves the service. Read."""
+        with self._op(caller, "storedsafe.rewrap", _obj(vault, name)) as details:
+            self._check(caller, vault, "read")
+            key = self._require(vault, name)
+            plaintext, old = self._open(key, ciphertext)
+            n = self._pick(key, to_version, "to_version")
+            details.update(from_version=old, to_version=n)
+            return Encrypted(self._seal(key, n, plaintext), n, key)
+
+    def datakey(self, caller: Caller, vault: str, name: str, *, bits: int = DEFAULT_DATAKEY_BITS,
+                key_version: int | None = None, with_plaintext: bool) -> DataKey:
+        """A fresh random data key, encrypted under the named key. Read; Write to also get
+        its plaintext."""
+        with self._op(caller, "storedsafe.datakey", _obj(vault, name)) as details:
+            self._check(caller, vault, "write" if with_plaintext else "read")
+            details.update(bits=bits, type="plaintext" if with_plaintext else "wrapped")
+            if bits not in DATAKEY_BITS or isinstance(bits, bool):
+                raise InvalidInput("bits must be 128, 256 or 512", field="bits")
+            key = self._require(vault, name)
+            n = self._pick(key, key_version, "key_version")
+            raw = self._hsm.random_bytes(bits // 8)
+            details.update(key_version=n)
+            return DataKey(self._seal(key, n, raw), raw if with_plaintext else None, n, bits,
+                           key)
+
+    # ---- export, backup, restore ------------------------------------------------------------
+
+    def export(self, caller: Caller, vault: str, name: str, *,
+               key_version: int | None = None) -> tuple[TransitKey, dict[int, bytes]]:
+        """Raw material of one version, or of every version not below
+        min_decryption_version. Admin, and only for keys created with allow_export."""
+        with self._op(caller, "storedsafe.key.export", _obj(vault, name)) as details:
+            self._check(caller, vault, "admin")
+            key = self._require(vault, name)
+            if not key.allow_export:
+                raise InvalidState(f"export is not allowed for key {name} "
+                                   "(allow_export is false)")
+            if key_version is None:
+                versions = range(key.min_decryption_version, key.latest_version + 1)
+            else:
+                versions = range(self._pick(key, key_version, "key_version"), key_version + 1)
+            details.update(key_version=key_version, count=len(versions))
+            return key, {n: self._hsm.export_secret(self._version_key(key, n), key.context(n))
+                         for n in versions}
+
+    def backup(self, caller: Caller, vault: str, name: str) -> tuple[TransitKey, str]:
+        """A protected backup of the key and all its versions: wrapped blobs only, restorable
+        only by a service with the same KEK. Admin, and only with allow_backup."""
+        with self._op(caller, "storedsafe.key.backup", _obj(vault, name)) as details:
+            self._check(caller, vault, "admin")
+            key = self._require(vault, name)
+            if not key.allow_backup:
+                raise InvalidState(f"backup is not allowed for key {name} "
+                                   "(allow_backup is false)")
+            meta = {
+                "type": key.type, "allow_export": key.allow_export,
+                "allow_backup": key.allow_backup, "allow_delete": key.allow_delete,
+                "info": key.info, "latest_version": key.latest_version,
+                "min_decryption_version": key.min_decryption_version, "origin": key.origin,
+            }
+            digest = _backup_digest(meta)
+            versions = []
+            for n in range(1, key.latest_version + 1):
+                moved = self._hsm.rebind(self._version_key(key, n), key.context(n),
+                                         _backup_context(digest, n))
+                versions.append({"key_version": n, "wrapped": _wrapped_to_json(moved)})
+            doc = {"format": BACKUP_FORMAT, "v": BACKUP_FORMAT_VERSION, "key": meta,
+                   "versions": versions}
+            details.update(key_version=key.latest_version, count=len(versions))
+            raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+            return key, base64.b64encode(raw).decode("ascii")
+
+    def restore(self, caller: Caller, vault: str, name: str, backup: str) -> TransitKey:
+        """Restore a backup under vault/name as a new key (all versions). Write; Conflict if
+        the name exists; IntegrityError if the backup was altered."""
+        with self._op(caller, "storedsafe.key.restore", _obj(vault, name)) as details:
+            self._check(caller, vault, "write")
+            meta, blobs = _parse_backup(backup)
+            details.update(key_version=meta["latest_version"], type=meta["type"])
+            if self._find(vault, name) is not None:
+                raise Conflict(f"key {name} already exists in vault {vault}")
+            now = int(self._clock())
+            objectid = _new_objectid()
+            key = TransitKey(vault=vault, name=name, type=meta["type"],
+                             latest_version=meta["latest_version"],
+                             min_decryption_version=meta["min_decryption_version"],
+                             allow_export=meta["allow_export"],
+                             allow_backup=meta["allow_backup"],
+                             allow_delete=meta["allow_delete"], info=meta["info"],
+                             objectid=objectid, origin=meta["origin"], created_at=now,
+                             updated_at=now, item_version=1)
+            digest = _backup_digest(meta)
+            rebound: list[WrappedKey] = []
+            for n, wrapped in enumerate(blobs, start=1):
+                if wrapped.kind != "aes" or wrapped.size != key.bits:
+                    raise IntegrityError("backup failed its integrity check")
+                try:
+                    rebound.append(self._hsm.rebind(wrapped, _backup_context(digest, n),
+                                                    key.context(n)))
+                except IntegrityError as exc:
+                    raise IntegrityError("backup failed its integrity check") from exc
+            # versions first (invisible until the record exists), then the record, which
+            # decides the race for the name
+            for n, wrapped in enumerate(rebound, start=1):
+                self._store.put_if_absent(self._version_item(key, n, wrapped))
+            try:
+                self._store.put_if_absent(key.to_item())
+            except StoreConditionFailed as exc:
+                self._purge_versions(key.versions_pk, key.latest_version)
+                raise Conflict(f"key {name} already exists in vault {vault}") from exc
+            return key
+
+
+def _parse_backup(backup: str) -> tuple[dict[str, Any], list[WrappedKey]]:
+    """Metadata and blobs of a backup string; InvalidInput if it is not one."""
+    try:
+        doc = json.loads(b64decode_strict(backup))
+        if not isinstance(doc, dict) or doc.get("format") != BACKUP_FORMAT \
+                or doc.get("v") != BACKUP_FORMAT_VERSION:
+            raise ValueError("not a backup")
+        meta, versions = doc["key"], doc["versions"]
+        if not isinstance(meta, dict) or not isinstance(versions, list):
+            raise ValueError("bad shape")
+        expect = {"type": str, "allow_export": bool, "allow_backup": bool,
+                  "allow_delete": bool, "info": str, "latest_version": int,
+                  "min_decryption_version": int, "origin": str}
+        if set(meta) != set(expect) or any(type(meta[k]) is not t for k, t in expect.items()):
+            raise ValueError("bad metadata")
+        key_bits(meta["type"])
+        latest, lowest = meta["latest_version"], meta["min_decryption_version"]
+        if not 1 <= lowest <= latest <= MAX_VERSION or len(versions) != latest:
+            raise ValueError("bad versions")
+        blobs = []
+        for n, v in enumerate(versions, start=1):
+            if not isinstance(v, dict) or v.get("key_version") != n:
+                raise ValueError("versions must be 1..latest in order")
+            blobs.append(_wrapped_from_json(v.get("wrapped")))
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError,
+            InvalidInput) as exc:
+        raise InvalidInput("backup is not a valid key backup", field="backup") from exc
+    return meta, blobs
+
+
+def _obj(vault: str, name: str = "") -> str:
+    return f"storedsafe/{vault}/{name}" if name else f"storedsafe/{vault}"
+
+
+def _replace(key: TransitKey, **changes: Any) -> TransitKey:
+    return replace(key, **changes)
+
+
+_instance: tuple[object, TransparentService] | None = None
+_instance_lock = threading.Lock()
+
+
+def transparent_service(services: Any) -> TransparentService:
+    """The process's TransparentService over `services` (a core.services.Services)."""
+    global _instance
+    with _instance_lock:
+        if _instance is None or _instance[0] is not services:
+            _instance = (services, TransparentService(services.store, services.hsm,
+                                                      services.audit, services.settings))
+        return _instance[1]

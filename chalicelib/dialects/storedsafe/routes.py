@@ -1,0 +1,311 @@
+"""StoredSafe transparent encryption, under /api/{version}/transparent.
+
+Thin handlers: authenticate (X-Http-Token, or the legacy JSON `token`), check the vault
+permission, validate the body, call core.transparent, shape the vendor envelope. Order of
+answers: 401 (token), 400 (route parameters), 403 (permission), 400 (body), then the
+operation's own (404, 409, 400).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from chalice import Blueprint, Response
+from chalice.app import Request
+from pydantic import BaseModel
+
+from chalicelib.core.services import Services, get_services
+from chalicelib.core.tokens import Caller
+from chalicelib.core.transparent import (
+    TransitKey,
+    TransparentService,
+    b64decode_strict,
+    transparent_service,
+    validate_name,
+    validate_vault,
+)
+from chalicelib.dialects.http import guarded, header, json_object, parse, request_id
+from chalicelib.dialects.storedsafe import envelope
+from chalicelib.dialects.storedsafe.envelope import STATE_ATTR, CallState
+from chalicelib.dialects.storedsafe.models import (
+    ConfigBody,
+    CreateKeyBody,
+    DatakeyBody,
+    DecryptBody,
+    EncryptBody,
+    RestoreBody,
+    RewrapBody,
+)
+from chalicelib.errors import InvalidInput, KeyfrontError, LimitExceeded, NotFound
+
+bp = Blueprint(__name__)
+PREFIX = "/api/{version}/transparent"
+API_VERSIONS = frozenset({"1.0"})
+TOKEN_HEADER = "X-Http-Token"
+M = TypeVar("M", bound=BaseModel)
+
+
+def _render(exc: KeyfrontError, request: Request, rid: str) -> Response:
+    return envelope.failure(exc, request, getattr(request, STATE_ATTR, None))
+
+
+@dataclass
+class _Call:
+    """One authenticated call: the caller, the core service and the envelope state."""
+
+    request: Request
+    state: CallState
+    caller: Caller
+    core: TransparentService
+    services: Services
+
+    def body(self, model: type[M]) -> M:
+        """The JSON body validated into `model` (InvalidInput per field otherwise)."""
+        return parse(model, self.state.body)
+
+    def ok(self, status: int, callinfo: dict[str, Any], general: list[str] | None = None,
+           **top: Any) -> Response:
+        """The SUCCESS envelope."""
+        return envelope.success(self.request, self.state, status, callinfo, general, **top)
+
+
+def _begin(version: str, params: dict[str, str], *, level: str, action: str,
+           echo: type[BaseModel] | None = None) -> _Call:
+    """Authenticate, validate route parameters, check `level` in the vault."""
+    request = bp.current_request
+    state = CallState(params=dict(params),
+                      echo=tuple(echo.model_fields) if echo is not None else ())
+    setattr(request, STATE_ATTR, state)
+    body_error: InvalidInput | None = None
+    try:
+        state.body = json_object(request)
+    except InvalidInput as exc:
+        body_error = exc
+    raw = header(request, TOKEN_HEADER)
+    if raw is None:
+        if body_error is not None:
+            raise body_error  # the token may be in the body we cannot read
+        legacy = state.body.get("token")
+        raw = legacy if isinstance(legacy, str) else None
+    services = get_services()
+    principal = services.tokens.authenticate(raw)
+    state.token = principal.raw_token  # valid: returned for the next call
+    if body_error is not None:
+        raise body_error
+    if version not in API_VERSIONS:
+        raise NotFound(f"API version {version} is not supported (use 1.0)")
+    vault = validate_vault(params["vaultid"])
+    name = params.get("name")
+    if name is not None:
+        validate_name(name)
+    core = transparent_service(services)
+    caller = Caller(principal, request_id(request))
+    core.authorize(caller, vault, level, action, name or "")
+    return _Call(request, state, caller, core, services)
+
+
+def _b64(value: str, field: str, limit: int) -> bytes:
+    """Canonical standard base64 (padded); InvalidInput otherwise."""
+    if len(value) > 4 * (limit // 3 + 1):
+        raise LimitExceeded(f"{field} is larger than {limit} bytes")
+    try:
+        return b64decode_strict(value)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{field} is not valid base64", field=field) from exc
+
+
+def _enc(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _key_info(key: TransitKey) -> dict[str, str]:
+    return {"name": key.name, "key_version": str(key.latest_version),
+            "objectid": key.objectid}
+
+
+# ---- keys ----------------------------------------------------------------------------------
+
+@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["POST"])
+@guarded(bp, _render)
+def create_key(version: str, vaultid: str, name: str) -> Response:
+    """Create a named key. Write. 201."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
+                  action="storedsafe.key.create", echo=CreateKeyBody)
+    b = call.body(CreateKeyBody)
+    key = call.core.create_key(call.caller, vaultid, name, key_type=b.type,
+                               allow_export=b.allow_export, allow_backup=b.allow_backup,
+                               allow_delete=b.allow_delete, info=b.info)
+    return call.ok(201, _key_info(key))
+
+
+@bp.route(PREFIX + "/{vaultid}/keys", methods=["GET"])
+@guarded(bp, _render)
+def list_keys(version: str, vaultid: str) -> Response:
+    """List the vault's keys (the vendor's LIST verb; GET here). Read."""
+    call = _begin(version, {"vaultid": vaultid}, level="read", action="storedsafe.key.list")
+    keys = call.core.list_keys(call.caller, vaultid)
+    return call.ok(200, {}, KEYS=[k.metadata() for k in keys])
+
+
+@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["GET"])
+@guarded(bp, _render)
+def read_key(version: str, vaultid: str, name: str) -> Response:
+    """One key's metadata. Read."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
+                  action="storedsafe.key.read")
+    key = call.core.read_key(call.caller, vaultid, name)
+    return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
+                   KEYS=[key.metadata()])
+
+
+@bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"])
+@guarded(bp, _render)
+def rotate_key(version: str, vaultid: str, name: str) -> Response:
+    """Add a version. Write. 201."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
+                  action="storedsafe.key.rotate")
+    key = call.core.rotate(call.caller, vaultid, name)
+    return call.ok(201, _key_info(key))
+
+
+@bp.route(PREFIX + "/{vaultid}/keys/{name}/config", methods=["POST"])
+@guarded(bp, _render)
+def configure_key(version: str, vaultid: str, name: str) -> Response:
+    """Beyond the vendor: set min_decryption_version / allow_delete. Admin."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="admin",
+                  action="storedsafe.key.config", echo=ConfigBody)
+    b = call.body(ConfigBody)
+    key = call.core.configure(call.caller, vaultid, name,
+                              min_decryption_version=b.min_decryption_version,
+                              allow_delete=b.allow_delete)
+    return call.ok(200, {**_key_info(key),
+                         "min_decryption_version": str(key.min_decryption_version),
+                         "allow_delete": key.allow_delete})
+
+
+@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["DELETE"])
+@guarded(bp, _render)
+def delete_key(version: str, vaultid: str, name: str) -> Response:
+    """Delete a key and all versions. Write, and only if allow_delete."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
+                  action="storedsafe.key.delete")
+    key = call.core.delete(call.caller, vaultid, name)
+    return call.ok(200, {"name": key.name, "objectid": key.objectid})
+
+
+# ---- key use -------------------------------------------------------------------------------
+
+@bp.route(PREFIX + "/{vaultid}/encrypt/{name}", methods=["POST"])
+@guarded(bp, _render)
+def encrypt(version: str, vaultid: str, name: str) -> Response:
+    """Encrypt base64 plaintext. Read (Write creates a missing key)."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
+                  action="storedsafe.encrypt", echo=EncryptBody)
+    b = call.body(EncryptBody)
+    limit = call.services.settings.max_plaintext_bytes
+    out = call.core.encrypt(call.caller, vaultid, name, _b64(b.plaintext, "plaintext", limit),
+                            key_version=b.key_version, key_type=b.type)
+    general = [f"key {name} created"] if out.created else []
+    return call.ok(200, {"key_version": str(out.key_version), "ciphertext": out.ciphertext},
+                   general)
+
+
+@bp.route(PREFIX + "/{vaultid}/decrypt/{name}", methods=["POST"])
+@guarded(bp, _render)
+def decrypt(version: str, vaultid: str, name: str) -> Response:
+    """Decrypt a storedsafe:vN: ciphertext. Read."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
+                  action="storedsafe.decrypt", echo=DecryptBody)
+    b = call.body(DecryptBody)
+    out = call.core.decrypt(call.caller, vaultid, name, b.ciphertext)
+    return call.ok(200, {"plaintext": _enc(out.plaintext), "key_version": str(out.key_version)})
+
+
+@bp.route(PREFIX + "/rewrap/{vaultid}/{name}", methods=["POST"])
+@guarded(bp, _render)
+def rewrap(version: str, vaultid: str, name: str) -> Response:
+    """Re-encrypt under to_version (default latest), never returning plaintext. Read."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
+                  action="storedsafe.rewrap", echo=RewrapBody)
+    b = call.body(RewrapBody)
+    out = call.core.rewrap(call.caller, vaultid, name, b.ciphertext, to_version=b.to_version)
+    return call.ok(200, {"ciphertext": out.ciphertext, "key_version": str(out.key_version)})
+
+
+@bp.route(PREFIX + "/{vaultid}/datakey/{type}/{name}", methods=["POST"])
+@guarded(bp, _render)
+def datakey(version: str, vaultid: str, type: str, name: str) -> Response:  # noqa: A002
+    """A data key: `wrapped` (Read) or `plaintext` (Write) returns its plaintext too."""
+    params = {"vaultid": vaultid, "type": type, "name": name}
+    with_plaintext = type == "plaintext"
+    call = _begin(version, params, level="write" if with_plaintext else "read",
+                  action="storedsafe.datakey", echo=DatakeyBody)
+    if type not in ("plaintext", "wrapped"):
+        raise InvalidInput("type must be plaintext or wrapped", field="type")
+    b = call.body(DatakeyBody)
+    out = call.core.datakey(call.caller, vaultid, name, bits=b.bits, key_version=b.key_version,
+                            with_plaintext=with_plaintext)
+    info: dict[str, Any] = {"key_version": str(out.key_version), "ciphertext": out.ciphertext,
+                            "objectid": out.key.objectid}
+    if out.plaintext is not None:
+        info["plaintext"] = _enc(out.plaintext)
+    return call.ok(200, info)
+
+
+# ---- export, backup, restore ---------------------------------------------------------------
+
+def _export(version: str, vaultid: str, name: str, key_version: str | None) -> Response:
+    params = {"vaultid": vaultid, "name": name}
+    if key_version is not None:
+        params["key_version"] = key_version
+    call = _begin(version, params, level="admin", action="storedsafe.key.export")
+    wanted = None
+    if key_version is not None:
+        if not (key_version.isdecimal() and key_version.isascii() and 0 < len(key_version) < 10):
+            raise InvalidInput("key_version must be a positive integer", field="key_version")
+        wanted = int(key_version)
+    key, material = call.core.export(call.caller, vaultid, name, key_version=wanted)
+    return call.ok(200, {}, KEYS={
+        "name": key.name, "type": key.type,
+        "key_version": str(wanted if wanted is not None else key.latest_version),
+        "keys": {str(n): _enc(raw) for n, raw in material.items()},
+    })
+
+
+@bp.route(PREFIX + "/export/{vaultid}/{name}", methods=["GET"])
+@guarded(bp, _render)
+def export_key(version: str, vaultid: str, name: str) -> Response:
+    """Every version's key material (from min_decryption_version). Admin + allow_export."""
+    return _export(version, vaultid, name, None)
+
+
+@bp.route(PREFIX + "/export/{vaultid}/{name}/{key_version}", methods=["GET"])
+@guarded(bp, _render)
+def export_key_version(version: str, vaultid: str, name: str, key_version: str) -> Response:
+    """One version's key material. Admin + allow_export."""
+    return _export(version, vaultid, name, key_version)
+
+
+@bp.route(PREFIX + "/backup/{vaultid}/{name}", methods=["GET"])
+@guarded(bp, _render)
+def backup_key(version: str, vaultid: str, name: str) -> Response:
+    """A protected backup of the key, all versions. Admin + allow_backup."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="admin",
+                  action="storedsafe.key.backup")
+    key, backup = call.core.backup(call.caller, vaultid, name)
+    return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
+                   KEYS={"backup": backup})
+
+
+@bp.route(PREFIX + "/restore/{vaultid}/{name}", methods=["POST"])
+@guarded(bp, _render)
+def restore_key(version: str, vaultid: str, name: str) -> Response:
+    """Restore a backup as a new key under vaultid/name. Write."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
+                  action="storedsafe.key.restore", echo=RestoreBody)
+    b = call.body(RestoreBody)
+    key = call.core.restore(call.caller, vaultid, name, b.backup)
+    return call.ok(200, _key_info(key))
