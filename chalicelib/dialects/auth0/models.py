@@ -1,0 +1,124 @@
+"""Request bodies and query strings of the Auth0 dialect, with Auth0's validation messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chalicelib.core.connections import STRATEGIES
+from chalicelib.dialects.auth0.envelope import BodyInvalid, QueryInvalid
+
+M = TypeVar("M", bound=BaseModel)
+
+SigningAlgName = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384"]
+# Auth0: starts and ends with an alphanumeric, alphanumerics and '-' inside, at most 128
+ConnectionName = Annotated[str, Field(min_length=1, max_length=128,
+                                      pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")]
+
+
+class KeysBody(BaseModel):
+    """POST /connections/{id}/keys and /keys/rotate."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    signing_alg: SigningAlgName | None = None
+
+
+class EmptyBody(BaseModel):
+    """Endpoints that take no body properties (rotate/revoke signing keys)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ConnectionCreate(BaseModel):
+    """POST /connections (the properties Auth0 documents for create)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: ConnectionName
+    strategy: str
+    display_name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    options: dict[str, Any] | None = None
+    enabled_clients: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = \
+        Field(default=None, max_length=1000)
+    is_domain_connection: bool | None = None
+    show_as_button: bool | None = None
+    realms: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = \
+        Field(default=None, max_length=50)
+    metadata: dict[str, Annotated[str, Field(max_length=255)]] | None = \
+        Field(default=None, max_length=10)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"No enum match for: {json.dumps(v)[:80]}")
+        return v
+
+
+class ConnectionQuery(BaseModel):
+    """GET /connections query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_page: Annotated[int, Field(ge=0, le=100)] | None = None
+    page: Annotated[int, Field(ge=0)] | None = None
+    include_totals: bool | None = None
+    strategy: list[str] | None = None
+    name: str | None = None
+    fields: str | None = None
+    include_fields: bool | None = None
+
+
+class FieldsQuery(BaseModel):
+    """GET /connections/{id} query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fields: str | None = None
+    include_fields: bool | None = None
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "null"}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as Auth0's payload-validation wording (inputs echoed only for enums)."""
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"'Additional properties not allowed: {loc}'"
+    if kind == "missing":
+        return f"'Missing required property: {loc}'"
+    if kind == "literal_error":
+        shown = json.dumps(err.get("input"))[:80]
+        return f"'No enum match for: {shown}' on property {loc}"
+    if kind == "value_error":
+        return f"'{str(err['msg']).removeprefix('Value error, ')}' on property {loc}"
+    if kind.endswith("_type") or kind in ("model_type", "dict_type", "list_type"):
+        got = _JSON_TYPES.get(type(err.get("input")), "value")
+        return f"'Invalid type: {got}' on property {loc}"
+    return f"'{err['msg']}' on property {loc}"
+
+
+def parse_body(model: type[M], data: dict[str, Any]) -> M:
+    """Validate a JSON body; BodyInvalid with Auth0's "Payload validation error" text."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False)
+        raise BodyInvalid(f"Payload validation error: {_describe(errs[0])}.",
+                          fields={".".join(map(str, e["loc"])): e["msg"] for e in errs}) \
+            from None
+
+
+def parse_query(model: type[M], data: dict[str, Any]) -> M:
+    """Validate a query string; QueryInvalid with Auth0's "Query validation error" text."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False)
+        raise QueryInvalid(f"Query validation error: {_describe(errs[0])}.") from None
