@@ -30,14 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.client import Client  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Client,
+    keyfront_env,
+    mint_token,
+    start_keyfront,
+)
 
-VENV = ROOT / ".venv" / "bin"
-PIN, SO_PIN, LABEL = "1234", "12345678", "keyfront-bench-auth0"
+LABEL = "keyfront-bench-auth0"
 TENANT = "bench"
 ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384"]
 WAYS = ["pkcs11", "hsm", "core", "http"]
@@ -45,48 +47,10 @@ SCOPES = ("read:connections,create:connections,read:connections_keys,"
           "create:connections_keys,update:connections_keys")
 
 
-def keyfront_env(tmp: Path) -> dict[str, str]:
-    """A throw-away SoftHSM token (KEK and bind key created) and SQLite store."""
-    tokens = tmp / "tokens"
-    tokens.mkdir()
-    conf = tmp / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf), "KEYFRONT_TOKEN_LABEL": LABEL,
-           "KEYFRONT_PIN": PIN, "KEYFRONT_STORE": "sqlite",
-           "KEYFRONT_SQLITE_PATH": str(tmp / "bench.sqlite3"), "KEYFRONT_ACCESS_LOG": "0"}
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", LABEL, "--pin", PIN,
-                    "--so-pin", SO_PIN], env=env, check=True, capture_output=True)
-    subprocess.run([str(VENV / "keyfront"), "hsm", "init"], env=env, check=True, cwd=ROOT,
-                   capture_output=True)
-    return env
-
-
 def start_server(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, str]:
     """`keyfront serve` on 127.0.0.1 and a bearer token for the bench tenant."""
-    port = free_port()
-    log = tmp / "keyfront.log"
-    proc = subprocess.Popen([str(VENV / "keyfront"), "serve", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"keyfront exited:\n{log.read_text()[-2000:]}")
-        try:
-            c = Client("127.0.0.1", port, timeout=2)
-            ok = c.get("/health").status == 200
-            c.close()
-            if ok:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"keyfront never became healthy:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)  # polling a starting server, not part of any measurement
-    out = subprocess.run([str(VENV / "keyfront"), "token", "create", "--principal", "bench",
-                          "--scope", f"auth0:{TENANT}:{SCOPES}", "--json"], env=env, cwd=ROOT,
-                         check=True, capture_output=True, text=True)
-    return proc, port, json.loads(out.stdout)["token"]
+    proc, port = start_keyfront(tmp, env)
+    return proc, port, mint_token(env, f"auth0:{TENANT}:{SCOPES}")
 
 
 class Ways:
@@ -207,7 +171,7 @@ def main() -> int:
         raise SystemExit("--rounds is 1..200")
 
     tmp = Path(tempfile.mkdtemp(prefix="keyfront-bench-auth0-"))
-    env = keyfront_env(tmp)
+    env = keyfront_env(tmp, LABEL)
     os.environ.update({k: env[k] for k in ("SOFTHSM2_CONF", "KEYFRONT_TOKEN_LABEL",
                                            "KEYFRONT_PIN", "KEYFRONT_STORE",
                                            "KEYFRONT_SQLITE_PATH")})

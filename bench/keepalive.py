@@ -15,24 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.client import Client  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-
-
-def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server on {port} exited")
-        try:
-            if Client("127.0.0.1", port, timeout=2).get("/health").status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"server on {port} never became healthy")
+from bench.harness import ROOT, VENV, Client, free_port, stop, wait_http  # noqa: E402
 
 
 def _measure(port: int, n: int) -> tuple[float, float, float]:
@@ -56,25 +41,23 @@ def main() -> None:
     args = ap.parse_args()
     env = {**os.environ, "SOFTHSM2_CONF": str(ROOT / "softhsm" / "softhsm2.conf"),
            "KEYFRONT_ACCESS_LOG": "0"}
-    venv = ROOT / ".venv" / "bin"
     p_kf, p_ch = free_port(), free_port()
     servers = {
         "keyfront serve (TCP_NODELAY)": (p_kf, subprocess.Popen(
-            [str(venv / "keyfront"), "serve", "--port", str(p_kf)], cwd=ROOT, env=env,
+            [str(VENV / "keyfront"), "serve", "--port", str(p_kf)], cwd=ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)),
         "chalice local (as shipped)": (p_ch, subprocess.Popen(
-            [str(venv / "chalice"), "local", "--port", str(p_ch), "--no-autoreload"],
+            [str(VENV / "chalice"), "local", "--port", str(p_ch), "--no-autoreload"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)),
     }
     try:
         results = {}
         for name, (port, proc) in servers.items():
-            _wait(port, proc)
+            wait_http(port, "/health", proc, None)
             results[name] = _measure(port, args.n)
     finally:
         for _, proc in servers.values():
-            proc.terminate()
-            proc.wait(10)
+            stop(proc)
     print(f"GET /health on one kept-alive connection, n={args.n}")
     print(f"{'server':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for name, (rps, p50, p99) in results.items():

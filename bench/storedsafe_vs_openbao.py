@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import shutil
 import statistics
@@ -34,18 +33,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.client import Client, Resp  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.harness import (  # noqa: E402
+    ROOT,
+    VENV,
+    Client,
+    free_port,
+    keyfront_env,
+    mint_token,
+    stop,
+    wait_http,
+)
+from tests.client import Resp  # noqa: E402
 
-VENV = ROOT / ".venv" / "bin"
 PLAINTEXT = base64.b64encode(os.urandom(1024)).decode()  # 1 KiB
 VAULT = "1"
 KEY = "bench"
 WARMUP = 100
-PIN, SO_PIN, LABEL = "1234", "12345678", "keyfront-bench"
+LABEL = "keyfront-bench"
 
 
 @dataclass
@@ -215,41 +221,6 @@ def concurrent(t: Target, op: str, ct: str, clients: int, per_client: int) -> Re
 
 # ---- starting and stopping the servers -----------------------------------------------------
 
-def _wait_http(port: int, path: str, proc: subprocess.Popen[bytes], log: Path,
-               ok: tuple[int, ...] = (200,)) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server on {port} exited:\n{log.read_text()[-2000:]}")
-        try:
-            c = Client("127.0.0.1", port, timeout=2)
-            status = c.get(path).status
-            c.close()
-            if status in ok:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)  # polling a starting server, not synchronising a measurement
-    raise SystemExit(f"server on {port} never became ready:\n{log.read_text()[-2000:]}")
-
-
-def keyfront_env(tmp: Path) -> dict[str, str]:
-    """A throw-away SoftHSM token and SQLite store for keyfront; the token initialised."""
-    tokens = tmp / "tokens"
-    tokens.mkdir()
-    conf = tmp / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf), "KEYFRONT_TOKEN_LABEL": LABEL,
-           "KEYFRONT_PIN": PIN, "KEYFRONT_STORE": "sqlite",
-           "KEYFRONT_SQLITE_PATH": str(tmp / "bench.sqlite3"), "KEYFRONT_ACCESS_LOG": "0"}
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", LABEL, "--pin", PIN,
-                    "--so-pin", SO_PIN], env=env, check=True, capture_output=True)
-    subprocess.run([str(VENV / "keyfront"), "hsm", "init"], env=env, check=True, cwd=ROOT,
-                   capture_output=True)
-    return env
-
-
 def start_keyfront(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Keyfront]:
     """`keyfront serve`, a token for vault 1, an aes256-gcm96 key rotated once."""
     port = free_port()
@@ -257,11 +228,8 @@ def start_keyfront(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[byt
     proc = subprocess.Popen([str(VENV / "keyfront"), "serve", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        _wait_http(port, "/health", proc, log)
-        out = subprocess.run([str(VENV / "keyfront"), "token", "create", "--principal",
-                              "bench", "--scope", f"storedsafe:{VAULT}:read,write", "--json"],
-                             env=env, cwd=ROOT, check=True, capture_output=True, text=True)
-        target = Keyfront(port, json.loads(out.stdout)["token"])
+        wait_http(port, "/health", proc, log)
+        target = Keyfront(port, mint_token(env, f"storedsafe:{VAULT}:read,write"))
         c = target.client()
         for path, body in ((f"/{VAULT}/keys/{KEY}", {"type": "aes256-gcm96"}),
                            (f"/{VAULT}/keys/{KEY}/rotate", {})):
@@ -271,7 +239,7 @@ def start_keyfront(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[byt
                 raise SystemExit(f"keyfront set-up {path}: {r.status} {r.text[:300]}")
         c.close()
     except BaseException:
-        _stop(proc)  # the caller never gets the handle: stop it here
+        stop(proc)  # the caller never gets the handle: stop it here
         raise
     return proc, target
 
@@ -292,7 +260,7 @@ def start_openbao(tmp: Path, audit: bool = False) -> tuple[subprocess.Popen[byte
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     try:
-        _wait_http(port, "/v1/sys/health", proc, log)
+        wait_http(port, "/v1/sys/health", proc, log)
         target = OpenBao(port, "root")
         c = target.client()
         h = {"X-Vault-Token": "root"}
@@ -310,19 +278,9 @@ def start_openbao(tmp: Path, audit: bool = False) -> tuple[subprocess.Popen[byte
                 raise SystemExit(f"openbao audit device missing: {r.text[:300]}")
         c.close()
     except BaseException:
-        _stop(proc)  # the caller never gets the handle: stop it here
+        stop(proc)  # the caller never gets the handle: stop it here
         raise
     return proc, target
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _v1_ciphertext(t: Target) -> str:
@@ -471,7 +429,7 @@ def profile(env: dict[str, str], token: str, n: int, tmp: Path) -> None:
                                  "--report", str(report)], cwd=ROOT, env=env,
                                 stdout=log.open("wb"), stderr=subprocess.STDOUT)
         try:
-            _wait_http(port, "/health", proc, log)
+            wait_http(port, "/health", proc, log)
             target = Keyfront(port, token)
             c = target.client()
             for _ in range(WARMUP + n):
@@ -480,7 +438,7 @@ def profile(env: dict[str, str], token: str, n: int, tmp: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         finally:
-            _stop(proc)
+            stop(proc)
         print()
         print(report.read_text() if report.exists() else log.read_text()[-2000:])
 
@@ -519,7 +477,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kf-bench-"))
     kf_proc = bao_proc = None
     try:
-        env = keyfront_env(tmp)
+        env = keyfront_env(tmp, LABEL)
         kf_proc, kf = start_keyfront(tmp, env)
         bao_proc, bao = start_openbao(tmp, audit=args.bao_audit)
         cts = {t.name: _v1_ciphertext(t) for t in (kf, bao)}
@@ -542,12 +500,12 @@ def main() -> None:
               f"{'file audit device' if args.bao_audit else 'no audit device'}")
         print(_table(rows))
         if args.profile:
-            _stop(kf_proc)
+            stop(kf_proc)
             kf_proc = None
             profile(env, kf.token, n, tmp)
     finally:
-        _stop(kf_proc)
-        _stop(bao_proc)
+        stop(kf_proc)
+        stop(bao_proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
