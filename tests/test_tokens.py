@@ -98,3 +98,41 @@ def test_create_rejects_bad_input(store, principal, scopes, ttl):
 def test_scope_parse_rejects(text):
     with pytest.raises(InvalidInput):
         Scope.parse(text)
+
+
+@pytest.mark.parametrize("raw", ["kf_\ud800" + "A" * 42, "kf_" + "é" * 43, "kf_" + "A" * 42 + "=",
+                                 b"kf_" + b"A" * 43, 12345])
+def test_malformed_tokens_never_reach_the_hash(store, raw):
+    with pytest.raises(Unauthenticated):
+        TokenService(store).authenticate(raw)
+
+
+def test_revoke_when_the_hash_record_is_already_gone(store):
+    """TTL can remove the hash record before the index: revoking still ends, revoked."""
+    svc = TokenService(store)
+    raw, record = svc.create("alice", [Scope.parse("storedsafe:1:read")])
+    store.delete_if(f"token#{hash_token(raw)}", "token")
+    assert svc.revoke(record["token_id"])["revoked_at"]
+    with pytest.raises(Unauthenticated):
+        svc.authenticate(raw)
+
+
+def test_racing_revokes_all_end_revoked(store):
+    import threading
+
+    svc = TokenService(store)
+    raw, record = svc.create("alice", [Scope.parse("storedsafe:1:read")])
+    results, barrier = [], threading.Barrier(6)
+
+    def run() -> None:
+        barrier.wait(10)
+        results.append(svc.revoke(record["token_id"])["revoked_at"])
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 6 and len(set(results)) == 1
+    with pytest.raises(Unauthenticated):
+        svc.authenticate(raw)

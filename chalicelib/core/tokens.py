@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +16,7 @@ from typing import Any
 
 from chalicelib.core.permissions import PERMISSIONS
 from chalicelib.errors import (
+    Conflict,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -23,12 +24,14 @@ from chalicelib.errors import (
     StoreTransactionCancelled,
     Unauthenticated,
 )
-from chalicelib.store import Delete, Put, Store, Update
+from chalicelib.store import Delete, Op, Put, Store, Update
 
 TOKEN_PREFIX = "kf_"
+TOKEN_RE = re.compile(r"kf_[A-Za-z0-9_-]{43}")  # prefix + unpadded base64url of 32 bytes
 INDEX_PK = "tokens"
 ALL_RINGS = "*"
 MAX_TTL_SECONDS = 400 * 24 * 3600
+REVOKE_ATTEMPTS = 8
 
 
 def hash_token(raw: str) -> str:
@@ -162,13 +165,12 @@ class TokenService:
 
     def authenticate(self, raw: str | None) -> Principal:
         """The principal of a valid token; Unauthenticated otherwise."""
-        if not raw or not isinstance(raw, str) or not raw.startswith(TOKEN_PREFIX) \
-                or len(raw) > 128:
+        if not isinstance(raw, str) or not TOKEN_RE.fullmatch(raw):
+            # also keeps non-ASCII (lone surrogates) away from the hash
             raise Unauthenticated("missing or malformed token")
+        # looked up by its hash: no comparison of secrets happens in Python
         item = self._store.get(_hash_pk(hash_token(raw)), "token")
-        # compare_digest: the lookup is by hash, but keep the check constant-time anyway
-        if item is None or not hmac.compare_digest(
-                item["pk"], _hash_pk(hash_token(raw))):
+        if item is None:
             raise Unauthenticated("invalid token")
         if item.get("revoked_at") or int(item["expires_at"]) <= int(self._clock()):
             raise Unauthenticated("token expired or revoked")
@@ -186,8 +188,7 @@ class TokenService:
         cursor = None
         while True:
             page = self._store.query(INDEX_PK, limit=100, cursor=cursor)
-            out += [{k: v for k, v in it.items() if k not in ("pk", "sk", "hash", "version")}
-                    for it in page.items]
+            out += [_public(it) for it in page.items]
             if not page.cursor:
                 return out
             cursor = page.cursor
@@ -196,17 +197,26 @@ class TokenService:
         """Revoke a token: its hash record is deleted, the index keeps when it was revoked."""
         if not isinstance(token_id, str) or not token_id:
             raise InvalidInput("token_id is required", field="token_id")
-        index = self._store.get(INDEX_PK, token_id)
-        if index is None:
-            raise NotFound("no such token")
-        if index.get("revoked_at"):
-            return {k: v for k, v in index.items() if k not in ("pk", "sk", "hash", "version")}
-        updated = {**index, "revoked_at": int(self._clock())}
-        try:
-            self._store.transact([
-                Update(updated, expected_version=int(index["version"])),
-                Delete(_hash_pk(index["hash"]), "token"),
-            ])
-        except (StoreTransactionCancelled, StoreConditionFailed):
-            return self.revoke(token_id)  # raced with another revoke: report the final state
-        return {k: v for k, v in updated.items() if k not in ("pk", "sk", "hash", "version")}
+        for _ in range(REVOKE_ATTEMPTS):
+            index = self._store.get(INDEX_PK, token_id)
+            if index is None:
+                raise NotFound("no such token")
+            if index.get("revoked_at"):
+                return _public(index)
+            updated = {**index, "revoked_at": int(self._clock())}
+            ops: list[Op] = [Update(updated, expected_version=int(index["version"]))]
+            # the hash record may already be gone (TTL removes expired records on its own)
+            hashed = self._store.get(_hash_pk(index["hash"]), "token")
+            if hashed is not None:
+                ops.append(Delete(hashed["pk"], "token", expected_version=int(hashed["version"])))
+            try:
+                self._store.transact(ops)
+            except (StoreTransactionCancelled, StoreConditionFailed):
+                continue  # raced with another revoke: look again
+            return _public(updated)
+        raise Conflict("token is being changed concurrently; try again")
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A token record without store fields or the hash."""
+    return {k: v for k, v in record.items() if k not in ("pk", "sk", "hash", "version")}

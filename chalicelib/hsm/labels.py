@@ -23,7 +23,9 @@ def kek_version_of(settings: Settings, label: str) -> int | None:
     if not label.startswith(prefix):
         return None
     digits = label[len(prefix):]
-    # only canonical decimals: "v01" must not alias "v1"
-    if not digits.isascii() or not digits.isdigit() or str(int(digits)) != digits:
+    # only short canonical decimals: "v01" must not alias "v1", and a 5000-digit label from
+    # a forged backup must not reach int()'s digit limit
+    if not 0 < len(digits) <= 9 or not digits.isascii() or not digits.isdigit() \
+            or str(int(digits)) != digits:
         return None
     return int(digits)
