@@ -5,13 +5,20 @@ A tenant is the key ring of an `auth0` token scope: a token whose auth0 scopes n
 one concrete tenant works on that tenant; an all-rings ("*") token works on the default
 tenant (KEYFRONT_AUTH0_DEFAULT_TENANT, default "default"). Another tenant's objects are
 simply not there for it (404), and a missing scope is 403 before any lookup.
+
+Audit: every change of state and every opening of a connection's sealed options (GET one
+connection: one record; GET the list: one record for the call, with the count) is recorded
+with its outcome; every refusal (403) is recorded as "denied", reads of public key material
+included. Records carry names, ids and error codes, never options or key material.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from chalicelib.core.connections import KEY_STRATEGIES, ConnectionNotFound, Connections
@@ -27,13 +34,23 @@ from chalicelib.core.signing_keys import (
     SigningKeyRings,
 )
 from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
-from chalicelib.errors import Conflict, Forbidden, InvalidState, KeyfrontError, NotFound
+from chalicelib.errors import (
+    Conflict,
+    Forbidden,
+    IntegrityError,
+    InvalidState,
+    KeyfrontError,
+    NotFound,
+)
 from chalicelib.formats.algorithms import DEFAULT_SIGNING_ALG
 
 DEFAULT_TENANT_ENV = "KEYFRONT_AUTH0_DEFAULT_TENANT"
 TENANT_SIGNING_ALG = "RS256"  # Auth0 tenant signing keys are RSA-2048 / RS256
 _TENANT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$")
+MAX_OBJECT_CHARS = 512  # audit object names carry client-chosen ids: bounded, valid UTF-8
 T = TypeVar("T")
+
+log = logging.getLogger("keyfront.auth0")
 
 
 class KeysNotSupported(InvalidState):
@@ -93,11 +110,27 @@ def tenant_ring(tenant: str) -> RingRef:
 
 
 def connection_ring(tenant: str, connection: dict[str, Any]) -> RingRef:
-    """A connection's keys: current, next and one previous (there is no revoke endpoint)."""
+    """A connection's keys: current, next and one previous (there is no revoke endpoint).
+
+    `connection` is a record Connections.get/create returned for `tenant`, so its id is the
+    id it was found under (Connections checks that a record is where it says it is).
+    """
+    if connection.get("tenant", tenant) != tenant:
+        raise IntegrityError("the connection record belongs to another tenant")
     cid = connection["id"]
     return RingRef(pk=f"auth0#{tenant}#conkeys#{cid}",
                    context=f"auth0/{tenant}/connections/{cid}/keys",
                    common_name=connection["name"], keep_previous=1)
+
+
+def _obj(name: str) -> str:
+    """An audit object name: client-chosen ids are cut to MAX_OBJECT_CHARS, and anything
+    that is not valid UTF-8 (a lone surrogate) is escaped, so the record can always be written.
+    """
+    name = name[:MAX_OBJECT_CHARS]
+    if not name.isascii():
+        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name
 
 
 class Auth0:
@@ -110,19 +143,56 @@ class Auth0:
 
     # ---- helpers -----------------------------------------------------------------------------
 
+    def _refused(self, caller: Caller | None, action: str, obj: str,
+                 exc: KeyfrontError, **details: Any) -> None:
+        """Audit a refusal: "denied" for a 403, "failure" otherwise (reason = error code).
+
+        A failing audit write is logged and the original error is the one reported.
+        """
+        outcome = "denied" if isinstance(exc, Forbidden) else "failure"
+        try:
+            self._audit.record(caller, action, _obj(obj), outcome, reason=exc.code, **details)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("audit write failed for %s", action)
+
     def _audited(self, caller: Caller | None, action: str, obj: str,
                  fn: Callable[[], T]) -> T:
         """Run a state change; a refusal is audited too (reason = error code, nothing else)."""
         try:
             return fn()
         except KeyfrontError as exc:
-            outcome = "denied" if isinstance(exc, Forbidden) else "failure"
-            self._audit.record(caller, action, obj, outcome, reason=exc.code)
+            self._refused(caller, action, obj, exc)
             raise
 
-    @staticmethod
-    def _require(caller: Caller, tenant: str, *perms: str) -> None:
-        caller.principal.require(AUTH0, tenant, *perms)
+    @contextmanager
+    def _op(self, caller: Caller, action: str, obj: str) -> Iterator[dict[str, Any]]:
+        """Audit the enclosed use of a key: success with its details, or the refusal."""
+        details: dict[str, Any] = {}
+        try:
+            yield details
+        except KeyfrontError as exc:
+            self._refused(caller, action, obj, exc)
+            raise
+        self._audit.record(caller, action, _obj(obj), "success", **details)
+
+    def _require(self, caller: Caller, tenant: str, *perms: str, action: str = "",
+                 obj: str = "") -> None:
+        """The caller's token holds every perm on the tenant; a refusal is audited (denied)
+        when `action` is given (state changes audit theirs in _audited/_op)."""
+        try:
+            caller.principal.require(AUTH0, tenant, *perms)
+        except Forbidden as exc:
+            if action:
+                self._refused(caller, action, obj or f"auth0/{tenant}", exc)
+            raise
+
+    def caller_tenant(self, caller: Caller, action: str) -> str:
+        """The tenant the caller's token works on (tenant_of); a refusal is audited."""
+        try:
+            return tenant_of(caller.principal)
+        except Forbidden as exc:
+            self._refused(caller, action, "auth0", exc)
+            raise
 
     def _key_connection(self, tenant: str, cid: str) -> dict[str, Any]:
         con = self.connections.get(tenant, cid)
@@ -153,24 +223,32 @@ class Auth0:
             self._audit.record(caller, "auth0.connection.create",
                                f"auth0/{tenant}/connections/{record['id']}",
                                name=record["name"], strategy=record["strategy"])
-            return self.connections.view(record)
+            return self.connections.view(tenant, record["id"], record)
         return self._audited(caller, "auth0.connection.create", f"auth0/{tenant}/connections",
                              run)
 
     def get_connection(self, caller: Caller, tenant: str, cid: str) -> dict[str, Any]:
-        """GET /connections/{id}."""
-        self._require(caller, tenant, "read:connections")
-        return self.connections.view(self.connections.get(tenant, cid))
+        """GET /connections/{id} (its sealed options are opened: audited)."""
+        with self._op(caller, "auth0.connection.read",
+                      f"auth0/{tenant}/connections/{cid}") as details:
+            self._require(caller, tenant, "read:connections")
+            record = self.connections.get(tenant, cid)
+            details.update(name=record["name"], strategy=record["strategy"])
+            return self.connections.view(tenant, cid, record)
 
     def list_connections(self, caller: Caller, tenant: str, *, strategies: list[str] | None = None,
                          name: str | None = None) -> list[dict[str, Any]]:
-        """GET /connections, filtered, sorted by name."""
-        self._require(caller, tenant, "read:connections")
-        records = [r for r in self.connections.list(tenant)
-                   if (not strategies or r["strategy"] in strategies)
-                   and (name is None or r["name"] == name)]
-        records.sort(key=lambda r: (r["name"], r["id"]))
-        return [self.connections.view(r) for r in records]
+        """GET /connections, filtered, sorted by name (one audit record for the call)."""
+        with self._op(caller, "auth0.connection.list",
+                      f"auth0/{tenant}/connections") as details:
+            self._require(caller, tenant, "read:connections")
+            records = [r for r in self.connections.list(tenant)
+                       if (not strategies or r["strategy"] in strategies)
+                       and (name is None or r["name"] == name)]
+            records.sort(key=lambda r: (r["name"], r["id"]))
+            views = [self.connections.view(tenant, r["id"], r) for r in records]
+            details.update(count=len(views))
+            return views
 
     def delete_connection(self, caller: Caller, tenant: str, cid: str) -> None:
         """DELETE /connections/{id}: the connection and its keys go in one transaction."""
@@ -189,7 +267,8 @@ class Auth0:
 
     def connection_keys(self, caller: Caller, tenant: str, cid: str) -> list[SigningKey]:
         """GET /connections/{id}/keys (empty before keys are created)."""
-        self._require(caller, tenant, "read:connections_keys")
+        self._require(caller, tenant, "read:connections_keys", action="auth0.connection_key.list",
+                      obj=f"auth0/{tenant}/connections/{cid}/keys")
         con = self._key_connection(tenant, cid)
         return self.rings.keys(connection_ring(tenant, con))
 
@@ -259,12 +338,14 @@ class Auth0:
 
     def signing_keys(self, caller: Caller, tenant: str) -> list[SigningKey]:
         """GET /keys/signing (the tenant's first keys are created on first access)."""
-        self._require(caller, tenant, "read:signing_keys")
+        self._require(caller, tenant, "read:signing_keys", action="auth0.signing_key.list",
+                      obj=f"auth0/{tenant}/signing")
         return self.rings.keys(self._ensure_tenant(caller, tenant))
 
     def signing_key(self, caller: Caller, tenant: str, kid: str) -> SigningKey:
         """GET /keys/signing/{kid}."""
-        self._require(caller, tenant, "read:signing_keys")
+        self._require(caller, tenant, "read:signing_keys", action="auth0.signing_key.read",
+                      obj=f"auth0/{tenant}/signing/{kid}")
         try:
             return self.rings.key(self._ensure_tenant(caller, tenant), kid)
         except KeyNotFound:
@@ -285,7 +366,7 @@ class Auth0:
 
     def revoke_signing_key(self, caller: Caller, tenant: str, kid: str) -> SigningKey:
         """PUT /keys/signing/{kid}/revoke: only a previous key; it never comes back."""
-        obj = f"auth0/{tenant}/signing/{kid}"[:512]
+        obj = _obj(f"auth0/{tenant}/signing/{kid}")
 
         def run() -> SigningKey:
             self._require(caller, tenant, "update:signing_keys")

@@ -7,11 +7,25 @@ Store layout, one partition per tenant (pk "auth0#<tenant>#connections"):
 
 `options` may hold client secrets (oidc/okta client_secret), so they are stored encrypted
 with AES-GCM under a per-connection key generated in the HSM and kept only wrapped.
+
+The HSM context and AAD of the sealed options always come from where the record was found
+(the tenant and connection id it was looked up under), never from fields inside the record:
+an item copied to another tenant or id cannot be opened there. A record whose own tenant/id
+disagree with its place is treated as absent (and logged); one that agrees but carries a blob
+sealed for another place fails the HSM's binding check (IntegrityError).
+
+Connection fields are JSON that the store and strict JSON clients must accept: `json_problem`
+refuses non-finite numbers, strings or property names that are not valid Unicode (lone
+surrogates) and nesting deeper than MAX_JSON_DEPTH; metadata is Auth0's: at most 10
+properties, names of 1-255 characters, string values of at most 255 characters.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import secrets
 import string
 import time
@@ -19,7 +33,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.errors import Conflict, InvalidInput, NotFound, StoreTransactionCancelled
+from chalicelib.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    StoreTransactionCancelled,
+)
 from chalicelib.hsm import Hsm, WrappedKey
 from chalicelib.store import Check, Delete, Op, Put, Store
 
@@ -38,7 +58,15 @@ STRATEGIES = frozenset({
 # Only these strategies have connection keys (private_key_jwt towards the upstream IdP).
 KEY_STRATEGIES = frozenset({"okta", "oidc"})
 MAX_OPTIONS_BYTES = 64 * 1024
+# Auth0: "up to 10 metadata properties, string values of at most 255 characters"; the
+# property names are bounded alike (and must not be empty: DynamoDB map keys cannot be).
+MAX_METADATA_KEYS = 10
+MAX_METADATA_CHARS = 255
+MAX_JSON_DEPTH = 32  # nesting of any connection field (options included)
 _ID_ALPHABET = string.ascii_letters + string.digits
+_ID_RE = re.compile(r"con_[A-Za-z0-9]{1,60}\Z")
+
+log = logging.getLogger("keyfront.auth0")
 
 
 class ConnectionNotFound(NotFound):
@@ -66,6 +94,80 @@ def new_connection_id() -> str:
     return "con_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
 
 
+def _unicode_ok(text: str) -> bool:
+    """Is the text encodable as UTF-8 (no lone surrogates, which json.loads lets through)?"""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _join(path: str, part: str | int) -> str:
+    part = str(part)
+    if len(part) > 64:
+        part = part[:61] + "..."
+    return f"{path}.{part}" if path else part
+
+
+def json_problem(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The first (path, problem) that makes `value` unfit for strict JSON or the store.
+
+    Problems: a non-finite number (NaN, Infinity, or a literal like 1e400 that overflows), a
+    string or property name that is not valid Unicode (a lone surrogate, which json.loads
+    accepts from a "\\ud800" escape), nesting deeper than MAX_JSON_DEPTH. None if fine.
+    The path names properties and list indices ("options.a.0"); a bad property name is
+    reported at its parent, so the message never echoes it.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        v, p, depth = stack.pop()
+        if isinstance(v, str):
+            if not _unicode_ok(v):
+                return p, "String is not valid Unicode"
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return p, "Number must be finite"
+        elif isinstance(v, dict | list | tuple):
+            if depth >= MAX_JSON_DEPTH:
+                return p, f"Nesting is deeper than {MAX_JSON_DEPTH} levels"
+            items = list(v.items()) if isinstance(v, dict) else list(enumerate(v))
+            for k, _ in items:
+                if isinstance(k, str) and not _unicode_ok(k):
+                    return p, "Property name is not valid Unicode"
+            stack += [(item, _join(p, k), depth + 1) for k, item in reversed(items)]
+    return None
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why `metadata` is not Auth0 connection metadata (None if it is, or is absent)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return "metadata must be an object"
+    if len(metadata) > MAX_METADATA_KEYS:
+        return f"metadata may have at most {MAX_METADATA_KEYS} properties"
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= MAX_METADATA_CHARS:
+            return f"metadata property names are 1-{MAX_METADATA_CHARS} characters"
+        if not isinstance(v, str) or len(v) > MAX_METADATA_CHARS:
+            return f"metadata values are strings of at most {MAX_METADATA_CHARS} characters"
+    return None
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """InvalidInput unless every field is storable, strict JSON (see json_problem/metadata)."""
+    problem = json_problem(fields)
+    if problem is not None:
+        where, what = problem
+        raise InvalidInput(f"{where or 'body'}: {what}", field=where.split(".")[0] or "body")
+    why = metadata_problem(fields.get("metadata"))
+    if why is not None:
+        raise InvalidInput(why, field="metadata")
+
+
 class Connections:
     """Create, read, list and delete a tenant's connections."""
 
@@ -77,6 +179,7 @@ class Connections:
     def create(self, tenant: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Store a new connection (fields already validated); ConnectionNameTaken on a dup."""
         name, strategy = fields["name"], fields["strategy"]
+        check_fields(fields)
         if strategy not in STRATEGIES:
             raise InvalidInput(f"unknown strategy {strategy!r}", field="strategy")
         cid = new_connection_id()
@@ -98,24 +201,39 @@ class Connections:
         return record
 
     def get(self, tenant: str, cid: str) -> dict[str, Any]:
-        """The stored record (with its version); ConnectionNotFound otherwise."""
-        if not isinstance(cid, str) or not cid.startswith("con_") or len(cid) > 64:
+        """The stored record (with its version); ConnectionNotFound otherwise.
+
+        The record is the one at (tenant, cid) and says so itself; a record copied or moved
+        from elsewhere is not there for this tenant.
+        """
+        if not isinstance(cid, str) or not _ID_RE.match(cid):
             raise ConnectionNotFound("Connection not found.")
         record = self._store.get(_pk(tenant), f"con#{cid}")
-        if record is None:
+        if record is None or not self._in_place(record, tenant, cid):
             raise ConnectionNotFound("Connection not found.")
         return record
 
     def list(self, tenant: str) -> list[dict[str, Any]]:
-        """Every connection record of the tenant, by id."""
+        """Every connection record of the tenant, by id (records out of place left out)."""
         out: list[dict[str, Any]] = []
         cursor = None
         while True:
             page = self._store.query(_pk(tenant), "con#", limit=100, cursor=cursor)
-            out += page.items
+            out += [r for r in page.items
+                    if self._in_place(r, tenant, str(r["sk"]).removeprefix("con#"))]
             if not page.cursor:
                 return out
             cursor = page.cursor
+
+    @staticmethod
+    def _in_place(record: dict[str, Any], tenant: str, cid: str) -> bool:
+        """Does the record found at (tenant, cid) say it is that tenant's connection cid?"""
+        if record.get("tenant") == tenant and record.get("id") == cid:
+            return True
+        # tampering or a bug, never a client's doing: say where, never what it holds
+        log.warning(json.dumps({"level": "warning", "event": "connection_out_of_place",
+                                "pk": _pk(tenant), "sk": f"con#{cid}"}))
+        return False
 
     def delete(self, tenant: str, cid: str,
                dependents: Callable[[], Sequence[Op]] = tuple) -> dict[str, Any]:
@@ -136,12 +254,16 @@ class Connections:
         """A transaction condition: this connection still exists, unchanged."""
         return Check(record["pk"], record["sk"], int(record["version"]))
 
-    def view(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The connection as Auth0 returns it (options decrypted)."""
+    def view(self, tenant: str, cid: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The connection as Auth0 returns it (options decrypted).
+
+        `tenant` and `cid` are where the record was found (or created): the options are
+        opened against that place, whatever the record says.
+        """
         out: dict[str, Any] = {
-            "id": record["id"], "name": record["name"],
+            "id": cid, "name": record["name"],
             "display_name": record.get("display_name"),
-            "options": self._open_options(record), "strategy": record["strategy"],
+            "options": self._open_options(tenant, cid, record), "strategy": record["strategy"],
             "realms": record.get("realms") or [record["name"]],
             "enabled_clients": record.get("enabled_clients") or [],
             "is_domain_connection": bool(record.get("is_domain_connection", False)),
@@ -159,8 +281,16 @@ class Connections:
     def _seal_options(self, tenant: str, cid: str, options: dict[str, Any]) -> dict[str, Any]:
         if not options:
             return {"options_key": None, "options_ct": None}
-        # JSON text: any JSON value round-trips (the store refuses floats, DynamoDB-style)
-        data = json.dumps(options, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        # JSON text: any JSON value round-trips (the store refuses floats, DynamoDB-style);
+        # strict JSON only: NaN/Infinity or a lone surrogate would come back unreadable
+        problem = json_problem(options, "options")
+        if problem is not None:
+            raise InvalidInput(f"{problem[0]}: {problem[1]}", field="options")
+        try:
+            data = json.dumps(options, separators=(",", ":"), sort_keys=True,
+                              allow_nan=False).encode("utf-8")
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput("options must be a JSON object", field="options") from exc
         if len(data) > MAX_OPTIONS_BYTES:
             raise InvalidInput(f"options must be at most {MAX_OPTIONS_BYTES} bytes of JSON",
                                field="options")
@@ -169,10 +299,18 @@ class Connections:
         return {"options_key": key.to_dict(),
                 "options_ct": self._hsm.encrypt_gcm(key, context, data, context.encode())}
 
-    def _open_options(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _open_options(self, tenant: str, cid: str, record: dict[str, Any]) -> dict[str, Any]:
         if not record.get("options_key"):
             return {}
-        context = self._options_context(record["tenant"], record["id"])
-        key = WrappedKey.from_dict(record["options_key"])
-        data = self._hsm.decrypt_gcm(key, context, bytes(record["options_ct"]), context.encode())
+        context = self._options_context(tenant, cid)
+        try:
+            key = WrappedKey.from_dict(record["options_key"])
+            data = self._hsm.decrypt_gcm(key, context, bytes(record["options_ct"]),
+                                         context.encode())
+        except IntegrityError:
+            # sealed for another place (a copied or edited item): tampering, not the client's
+            # doing; the caller gets a generic error, the log says where (never what)
+            log.error(json.dumps({"level": "error", "event": "connection_options_integrity",
+                                  "pk": _pk(tenant), "sk": f"con#{cid}"}))
+            raise
         return json.loads(data)

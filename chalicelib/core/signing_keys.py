@@ -18,11 +18,18 @@ one): older ones are retired, i.e. deleted, in the rotating transaction.
 
 The pure state functions (`initial_state`, `rotate_state`, `revoke_state`) carry the rules;
 `SigningKeyRings` adds the HSM (key generation, certificate signing) and the store.
+
+A key is known by where it is found: the ring it was looked up in (`RingRef`, which names the
+HSM context) and the kid of its sort key. Its HSM context is built from those, never from the
+item's own `kid`; an item whose `kid` disagrees with its sort key is out of place (copied or
+moved) and is not that key: reads leave it out, signing refuses it (IntegrityError).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +39,13 @@ from typing import Any
 
 from cryptography import x509
 
-from chalicelib.errors import Conflict, InvalidState, NotFound, StoreTransactionCancelled
+from chalicelib.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidState,
+    NotFound,
+    StoreTransactionCancelled,
+)
 from chalicelib.formats.algorithms import SigningAlg, signing_alg
 from chalicelib.formats.jwk import jwks, kid_from_bytes, public_jwk
 from chalicelib.formats.x509cert import (
@@ -53,6 +66,8 @@ RING_SK = "ring"
 KEY_SK_PREFIX = "key#"
 CERT_VALIDITY = timedelta(days=3650)
 MAX_ATTEMPTS = 16  # optimistic retries of one rotation/revocation against racing writers
+
+log = logging.getLogger("keyfront.signing_keys")
 
 # JOSE alg -> the HSM signature scheme that produces JWS signatures for it
 SIGN_SCHEMES: dict[str, SignScheme] = {
@@ -231,6 +246,16 @@ def _state_of(item: dict[str, Any]) -> dict[str, Any]:
     return {k: copy.deepcopy(item[k]) for k in ("current", "next", "previous", "revoked", "times")}
 
 
+def _in_place(ref: RingRef, kid: str, record: dict[str, Any]) -> bool:
+    """Is the item found at (ref.pk, "key#<kid>") that key by its own account?"""
+    if record.get("kid") == kid:
+        return True
+    # tampering or a bug, never a client's doing: say where, never what the item holds
+    log.warning(json.dumps({"level": "warning", "event": "signing_key_out_of_place",
+                            "pk": ref.pk, "sk": KEY_SK_PREFIX + kid}))
+    return False
+
+
 # ---- the ring service ------------------------------------------------------------------------
 
 def _iso(ts: float) -> str:
@@ -273,7 +298,7 @@ class SigningKeyRings:
         if ring is None or not isinstance(kid, str) or kid not in ring["times"]:
             raise KeyNotFound("Signing key not found.")
         record = self._store.get(ref.pk, KEY_SK_PREFIX + kid)
-        if record is None:
+        if record is None or not _in_place(ref, kid, record):
             raise KeyNotFound("Signing key not found.")
         return self._view(record, _state_of(ring))
 
@@ -290,10 +315,13 @@ class SigningKeyRings:
         ring = self._store.get(ref.pk, RING_SK)
         if ring is None:
             raise RingNotFound("no keys")
-        record = self._store.get(ref.pk, KEY_SK_PREFIX + ring["current"])
+        kid = ring["current"]
+        record = self._store.get(ref.pk, KEY_SK_PREFIX + kid)
         if record is None or record.get("wrapped") is None:
             raise RingNotFound("no current key")
-        kid = record["kid"]
+        if not _in_place(ref, kid, record):
+            raise IntegrityError("the current key's record is not the current key")
+        # the context is the ring's and the kid the ring names: where the key was found
         return Signer(kid=kid, algorithm=record["algorithm"],
                       scheme=SIGN_SCHEMES[record["algorithm"]],
                       wrapped=WrappedKey.from_dict(record["wrapped"]),
@@ -379,7 +407,7 @@ class SigningKeyRings:
                 raise KeyNotFound("Signing key not found.")
             state = revoke_state(_state_of(ring), kid, _iso(self._clock()))
             record = self._store.get(ref.pk, KEY_SK_PREFIX + kid)
-            if record is None:
+            if record is None or not _in_place(ref, kid, record):
                 raise KeyNotFound("Signing key not found.")
             # the private key can never sign again: only the certificate stays
             shredded = {k: v for k, v in record.items() if k != "version"} | {"wrapped": None}
@@ -403,16 +431,25 @@ class SigningKeyRings:
         if ring is None:
             return [Check(ref.pk, RING_SK, None)]
         return [Delete(ref.pk, RING_SK, int(ring["version"])),
-                *(Delete(ref.pk, KEY_SK_PREFIX + kid) for kid in self._key_records(ref))]
+                *(Delete(ref.pk, KEY_SK_PREFIX + kid)
+                  for kid in self._key_records(ref, all_items=True))]
 
     # -- internals --
 
-    def _key_records(self, ref: RingRef) -> dict[str, dict[str, Any]]:
+    def _key_records(self, ref: RingRef, *, all_items: bool = False) -> \
+            dict[str, dict[str, Any]]:
+        """The ring's key items by the kid of their sort key (where they are).
+
+        Items out of place are left out, unless `all_items` (deleting a ring deletes them too).
+        """
         out: dict[str, dict[str, Any]] = {}
         cursor = None
         while True:
             page = self._store.query(ref.pk, KEY_SK_PREFIX, limit=100, cursor=cursor)
-            out.update({it["kid"]: it for it in page.items})
+            for it in page.items:
+                kid = str(it["sk"]).removeprefix(KEY_SK_PREFIX)
+                if all_items or _in_place(ref, kid, it):
+                    out[kid] = it
             if not page.cursor:
                 return out
             cursor = page.cursor

@@ -7,7 +7,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chalicelib.core.connections import STRATEGIES
+from chalicelib.core.connections import (
+    MAX_METADATA_CHARS,
+    MAX_METADATA_KEYS,
+    STRATEGIES,
+    json_problem,
+)
 from chalicelib.dialects.auth0.envelope import BodyInvalid, QueryInvalid
 
 M = TypeVar("M", bound=BaseModel)
@@ -16,6 +21,10 @@ SigningAlgName = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "
 # Auth0: starts and ends with an alphanumeric, alphanumerics and '-' inside, at most 128
 ConnectionName = Annotated[str, Field(min_length=1, max_length=128,
                                       pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")]
+# Auth0 connection metadata: at most 10 properties, string values of at most 255 characters;
+# property names 1-255 characters (an empty name cannot be stored: DynamoDB map keys).
+MetadataKey = Annotated[str, Field(min_length=1, max_length=MAX_METADATA_CHARS)]
+MetadataValue = Annotated[str, Field(max_length=MAX_METADATA_CHARS)]
 
 
 class KeysBody(BaseModel):
@@ -47,8 +56,8 @@ class ConnectionCreate(BaseModel):
     show_as_button: bool | None = None
     realms: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = \
         Field(default=None, max_length=50)
-    metadata: dict[str, Annotated[str, Field(max_length=255)]] | None = \
-        Field(default=None, max_length=10)
+    metadata: dict[MetadataKey, MetadataValue] | None = \
+        Field(default=None, max_length=MAX_METADATA_KEYS)
 
     @field_validator("strategy")
     @classmethod
@@ -89,6 +98,10 @@ def _describe(err: dict[str, Any]) -> str:
     """One pydantic error as Auth0's payload-validation wording (inputs echoed only for enums)."""
     loc = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
+    if err["loc"] and err["loc"][-1] == "[key]":
+        # a property name failed (e.g. metadata's): name the object, do not echo the name
+        parent = ".".join(str(p) for p in err["loc"][:-2])
+        return f"'Invalid property name: {err['msg']}' on property {parent}"
     if kind == "extra_forbidden":
         return f"'Additional properties not allowed: {loc}'"
     if kind == "missing":
@@ -105,7 +118,19 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def parse_body(model: type[M], data: dict[str, Any]) -> M:
-    """Validate a JSON body; BodyInvalid with Auth0's "Payload validation error" text."""
+    """Validate a JSON body; BodyInvalid with Auth0's "Payload validation error" text.
+
+    First, anywhere in the body: no NaN/Infinity (nor literals like 1e400 that overflow to
+    it), no string or property name that is not valid Unicode (a lone surrogate escape), no
+    nesting deeper than the core accepts. Those could not be stored, or would be echoed back
+    as JSON that strict clients refuse.
+    """
+    problem = json_problem(data)
+    if problem is not None:
+        where, what = problem
+        on = f" on property {where}" if where else ""
+        raise BodyInvalid(f"Payload validation error: '{what}'{on}.",
+                          fields={where or "body": what})
     try:
         return model.model_validate(data)
     except ValidationError as exc:

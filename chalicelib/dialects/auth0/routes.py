@@ -24,7 +24,7 @@ from typing import Any
 
 from chalice import Blueprint, Response
 
-from chalicelib.core.auth0 import Auth0, default_tenant, tenant_of
+from chalicelib.core.auth0 import Auth0, default_tenant
 from chalicelib.core.services import get_services
 from chalicelib.core.signing_keys import SigningKey
 from chalicelib.core.tokens import Caller
@@ -39,7 +39,7 @@ from chalicelib.dialects.auth0.models import (
     parse_query,
 )
 from chalicelib.dialects.http import guarded, header, json_object, json_response, request_id
-from chalicelib.errors import Unauthenticated
+from chalicelib.errors import InvalidInput, Unauthenticated
 
 bp = Blueprint(__name__)
 _lock = threading.Lock()
@@ -56,8 +56,9 @@ def _auth0() -> Auth0:
         return _domain[1]
 
 
-def _caller() -> tuple[Caller, str]:
-    """Authenticate the bearer token; (caller, tenant)."""
+def _caller(action: str) -> tuple[Caller, str]:
+    """Authenticate the bearer token; (caller, tenant). A token that cannot work on one tenant
+    is refused (403), and that is audited as `action` denied."""
     request = bp.current_request
     auth = header(request, "Authorization")
     if not auth:
@@ -69,7 +70,16 @@ def _caller() -> tuple[Caller, str]:
         principal = get_services().tokens.authenticate(token.strip())
     except Unauthenticated:
         raise Unauthenticated("Invalid token") from None
-    return Caller(principal, request_id(request)), tenant_of(principal)
+    caller = Caller(principal, request_id(request))
+    return caller, _auth0().caller_tenant(caller, action)
+
+
+def _body() -> dict[str, Any]:
+    """The JSON body ({} when empty); nesting too deep for the parser is bad input too."""
+    try:
+        return json_object(bp.current_request)
+    except RecursionError:
+        raise InvalidInput("request body is not valid JSON", field="body") from None
 
 
 def _query() -> dict[str, Any]:
@@ -124,8 +134,8 @@ def _signing_key(key: SigningKey) -> dict[str, Any]:
 @guarded(bp, render)
 def create_connection() -> Response:
     """Create a connection (name, strategy, options, ...)."""
-    caller, tenant = _caller()
-    body = parse_body(ConnectionCreate, json_object(bp.current_request))
+    caller, tenant = _caller("auth0.connection.create")
+    body = parse_body(ConnectionCreate, _body())
     view = _auth0().create_connection(caller, tenant, body.model_dump(exclude_none=True))
     return json_response(201, view)
 
@@ -134,7 +144,7 @@ def create_connection() -> Response:
 @guarded(bp, render)
 def list_connections() -> Response:
     """List connections; per_page/page/include_totals/strategy/name/fields as Auth0."""
-    caller, tenant = _caller()
+    caller, tenant = _caller("auth0.connection.list")
     q = parse_query(ConnectionQuery, _query())
     items = _auth0().list_connections(caller, tenant, strategies=q.strategy, name=q.name)
     items = [_select(c, q.fields, q.include_fields) for c in items]
@@ -153,7 +163,7 @@ def list_connections() -> Response:
 @guarded(bp, render)
 def get_connection(cid: str) -> Response:
     """One connection."""
-    caller, tenant = _caller()
+    caller, tenant = _caller("auth0.connection.read")
     q = parse_query(FieldsQuery, _query())
     view = _auth0().get_connection(caller, tenant, cid)
     return json_response(200, _select(view, q.fields, q.include_fields))
@@ -163,7 +173,7 @@ def get_connection(cid: str) -> Response:
 @guarded(bp, render)
 def delete_connection(cid: str) -> Response:
     """Delete a connection and its keys: 202, empty body (Auth0: "being deleted")."""
-    caller, tenant = _caller()
+    caller, tenant = _caller("auth0.connection.delete")
     _auth0().delete_connection(caller, tenant, cid)
     return Response(body="", status_code=202, headers={"Cache-Control": "no-store"})
 
@@ -174,7 +184,7 @@ def delete_connection(cid: str) -> Response:
 @guarded(bp, render)
 def get_connection_keys(cid: str) -> Response:
     """The connection's keys (okta/oidc only)."""
-    caller, tenant = _caller()
+    caller, tenant = _caller("auth0.connection_key.list")
     keys = _auth0().connection_keys(caller, tenant, cid)
     return json_response(200, [_connection_key(k) for k in keys])
 
@@ -183,8 +193,8 @@ def get_connection_keys(cid: str) -> Response:
 @guarded(bp, render)
 def create_connection_keys(cid: str) -> Response:
     """Provision the connection's current and next keys: 201, an array."""
-    caller, tenant = _caller()
-    body = parse_body(KeysBody, json_object(bp.current_request))
+    caller, tenant = _caller("auth0.connection_key.create")
+    body = parse_body(KeysBody, _body())
     keys = _auth0().create_connection_keys(caller, tenant, cid, body.signing_alg)
     return json_response(201, [_connection_key(k) for k in keys])
 
@@ -193,8 +203,8 @@ def create_connection_keys(cid: str) -> Response:
 @guarded(bp, render)
 def rotate_connection_keys(cid: str) -> Response:
     """Rotate the connection's keys: 201, the new next key."""
-    caller, tenant = _caller()
-    body = parse_body(KeysBody, json_object(bp.current_request))
+    caller, tenant = _caller("auth0.connection_key.rotate")
+    body = parse_body(KeysBody, _body())
     key = _auth0().rotate_connection_keys(caller, tenant, cid, body.signing_alg)
     return json_response(201, _connection_key(key))
 
@@ -205,7 +215,7 @@ def rotate_connection_keys(cid: str) -> Response:
 @guarded(bp, render)
 def list_signing_keys() -> Response:
     """Every tenant signing key, revoked ones included."""
-    caller, tenant = _caller()
+    caller, tenant = _caller("auth0.signing_key.list")
     return json_response(200, [_signing_key(k) for k in _auth0().signing_keys(caller, tenant)])
 
 
@@ -213,8 +223,8 @@ def list_signing_keys() -> Response:
 @guarded(bp, render)
 def rotate_signing_key() -> Response:
     """Rotate the tenant signing key: 201 {cert, kid} of the new next key."""
-    caller, tenant = _caller()
-    parse_body(EmptyBody, json_object(bp.current_request))
+    caller, tenant = _caller("auth0.signing_key.rotate")
+    parse_body(EmptyBody, _body())
     key = _auth0().rotate_signing_key(caller, tenant)
     return json_response(201, {"cert": key.cert, "kid": key.kid})
 
@@ -223,7 +233,7 @@ def rotate_signing_key() -> Response:
 @guarded(bp, render)
 def get_signing_key(kid: str) -> Response:
     """One tenant signing key."""
-    caller, tenant = _caller()
+    caller, tenant = _caller("auth0.signing_key.read")
     return json_response(200, _signing_key(_auth0().signing_key(caller, tenant, kid)))
 
 
@@ -231,8 +241,8 @@ def get_signing_key(kid: str) -> Response:
 @guarded(bp, render)
 def revoke_signing_key(kid: str) -> Response:
     """Revoke a previous signing key: 200 {cert, kid}."""
-    caller, tenant = _caller()
-    parse_body(EmptyBody, json_object(bp.current_request))
+    caller, tenant = _caller("auth0.signing_key.revoke")
+    parse_body(EmptyBody, _body())
     key = _auth0().revoke_signing_key(caller, tenant, kid)
     return json_response(200, {"cert": key.cert, "kid": key.kid})
 
