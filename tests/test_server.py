@@ -125,3 +125,19 @@ def test_server_restart_keeps_tokens_and_data(tmp_path):
         assert "First start" not in second.log_path.read_text()
     finally:
         second.stop()
+
+
+def test_json_object_turns_every_parse_failure_into_invalid_input():
+    import pytest
+
+    from chalicelib.dialects.http import json_object
+    from chalicelib.errors import InvalidInput
+
+    class Req:
+        def __init__(self, raw: bytes) -> None:
+            self.raw_body = raw
+
+    for raw in (b"[" * 100_000, b"{", b"\xff\xfe", b"[1]", b'"x"', b"x" * (1024 * 1024 + 1)):
+        with pytest.raises(InvalidInput):
+            json_object(Req(raw))
+    assert json_object(Req(b"")) == {} and json_object(Req(b'{"a": 1}')) == {"a": 1}

@@ -22,6 +22,9 @@ from chalicelib.errors import InvalidInput, KeyfrontError, Unavailable
 log = logging.getLogger("keyfront.http")
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1024 * 1024
+# json.dumps(body, separators=(",", ":")) builds this encoder on every call; it holds no
+# per-call state, so one instance serves every thread with the same output.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def request_id(request: Request | None) -> str:
@@ -56,7 +59,8 @@ def json_object(request: Request) -> dict[str, Any]:
         raise InvalidInput("request body too large", field="body")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a body of 100 000 "[" exhausts the parser's stack
         raise InvalidInput("request body is not valid JSON", field="body") from exc
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", field="body")
@@ -80,7 +84,7 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     """A JSON response with the content type set."""
     h = {"Content-Type": "application/json", "Cache-Control": "no-store"}
     h.update(headers or {})
-    return Response(body=json.dumps(body, separators=(",", ":")), status_code=status, headers=h)
+    return Response(body=_COMPACT.encode(body), status_code=status, headers=h)
 
 
 ErrorRenderer = Callable[[KeyfrontError, Request, str], Response]
