@@ -86,6 +86,14 @@ class IntegrityError(KeyfrontError):
     code = "integrity"
 
 
+class BindingError(IntegrityError):
+    """A wrapped key blob failed its binding check (context, fields, tag or KEK version).
+
+    Raised by the HSM layer for the blob itself, as opposed to a GCM tag failure of the data
+    given to it, so that callers can tell their own stored record from a client's input.
+    """
+
+
 class Unavailable(KeyfrontError):
     """A backing component (HSM or store) cannot be reached."""
 

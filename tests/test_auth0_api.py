@@ -213,6 +213,34 @@ def test_bad_json_body_is_400(sqlite_server):
         assert r.status == 400 and r.json["errorCode"] == "invalid_body"
 
 
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
+                                   "text/plain; charset=UTF-8"])
+def test_any_content_type_is_read_as_json(sqlite_server, ctype):
+    # what `curl -d` sends: the body is JSON whatever the header says, never Chalice's 415
+    api = Api(sqlite_server, _tenant())
+    h = {"Authorization": f"Bearer {api.token}", "Content-Type": ctype}
+    r = api.c.request("POST", "/api/v2/connections", headers=h,
+                      raw=json.dumps({"name": "curl-made", "strategy": "oidc"}).encode())
+    assert r.status == 201, r.text
+    assert r.json["name"] == "curl-made" and r.json["strategy"] == "oidc"
+    cid = r.json["id"]
+    r = api.c.request("POST", f"/api/v2/connections/{cid}/keys", headers=h,
+                      raw=json.dumps({"signing_alg": "ES256"}).encode())
+    assert r.status == 201 and [k["algorithm"] for k in r.json] == ["ES256", "ES256"], r.text
+    r = api.c.request("POST", "/api/v2/keys/signing/rotate", headers=h, raw=b"{}")
+    assert r.status == 201 and set(r.json) == {"cert", "kid"}, r.text
+    # a body that is not JSON gets Auth0's 400, not the framework's 415
+    for path, method in (("/api/v2/connections", "POST"),
+                         (f"/api/v2/connections/{cid}/keys/rotate", "POST"),
+                         ("/api/v2/keys/signing/rotate", "POST"),
+                         (f"/api/v2/keys/signing/{r.json['kid']}/revoke", "PUT")):
+        bad = api.c.request(method, path, headers=h, raw=b"name=x&strategy=oidc")
+        assert bad.status == 400, (path, bad.text)
+        assert bad.json == {"statusCode": 400, "error": "Bad Request",
+                            "message": "request body is not valid JSON",
+                            "errorCode": "invalid_body"}, bad.text
+
+
 # ---- connection keys -------------------------------------------------------------------------
 
 def test_connection_keys_for_every_algorithm(live_server):

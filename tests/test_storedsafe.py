@@ -310,10 +310,13 @@ def test_backup_and_restore(live_server):
     assert_fail(writer.decrypt("copy", cts[1]), 400)  # still below min_decryption_version
     assert_success(admin.config("copy", min_decryption_version=1), 200)
     assert writer.ok_decrypt("copy", cts[1]) == b"one"
-    # and into another vault, with that vault's token
-    other = SS(live_server, other_vault, "read,write")
-    assert_success(other.restore("moved", backup), 200)
-    assert other.ok_decrypt("moved", cts[2]) == b"two"
+    # never into another vault, whatever that vault's token may do there (key rings are
+    # tenants): refused, and nothing is created there
+    other = SS(live_server, other_vault)
+    body = assert_fail(other.restore("moved", backup), 400, token=other.token)
+    assert "another vault" in body["ERRORS"][0]
+    assert other.list().json["KEYS"] == []
+    assert_fail(other.decrypt("moved", cts[2]), 404)
     # restoring over an existing name is a conflict
     assert_fail(writer.restore("copy", backup), 409)
     assert_fail(writer.restore("k", backup), 409)

@@ -202,6 +202,15 @@ def test_a_blob_moved_to_another_record_is_refused(live_server):
     store = live_server.services.store
     v1, v2 = store.query(f"ss#{vault}#k#{objectid}", "v#").items
     store.update_if_version({**v2, "wrapped": v1["wrapped"]}, v2["version"])
-    body = assert_fail(ss.encrypt("k", b"x", key_version=2), 400)
-    assert "does not belong" in body["ERRORS"][0]
+    # our own record failed its binding: not the client's fault, so a generic 500 that names
+    # only the request id (never a 400 blaming the input, never the HSM's words), logged
+    r = ss.encrypt("k", b"x", key_version=2)
+    body = assert_fail(r, 500, token=ss.token)
+    assert body["ERRORCODES"].keys() == {"5000"} and len(body["ERRORS"]) == 1
+    assert body["ERRORS"][0].startswith("internal error (request id ")
+    assert "belong" not in r.text and "integrity" not in r.text
+    assert f"storedsafe/{vault}/k" in live_server.log_tail(20000)
+    fails = [rec for rec in live_server.services.audit.find(
+        action="storedsafe.encrypt", obj=f"storedsafe/{vault}/k") if rec["outcome"] == "failure"]
+    assert fails and fails[-1]["details"]["reason"] == "internal_error"
     assert ss.ok_decrypt("k", ss.ok_encrypt("k", b"y", key_version=1)) == b"y"

@@ -10,8 +10,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chalicelib.core.transparent import (
     LEVELS,
+    StoredRecordError,
+    TransitKey,
+    TransparentService,
     _backup_digest,
+    _backup_vault,
     _parse_backup,
+    _storable,
     format_ciphertext,
     key_bits,
     parse_ciphertext,
@@ -121,3 +126,109 @@ def test_backup_parsing():
     for k, v in (("allow_export", False), ("origin", "2/k/1"), ("latest_version", 2),
                  ("info", "x"), ("type", "aes256-gcm96")):
         assert _backup_digest({**META, k: v}) != d
+
+
+# ---- backups name their vault; records are read from where they are found ---------------------
+
+META_V2 = {**META, "vault": "1"}
+
+
+def _v2(meta: dict, versions: list) -> str:
+    doc = {"format": "keyfront-storedsafe-backup", "v": 2, "key": meta, "versions": versions}
+    return base64.b64encode(json.dumps(doc).encode()).decode()
+
+
+def test_backup_v2_names_its_vault_and_the_digest_binds_it():
+    one = [{"key_version": 1, "wrapped": WRAPPED}]
+    meta, _ = _parse_backup(_v2(META_V2, one))
+    assert meta == META_V2 and _backup_vault(meta) == "1"
+    assert _backup_vault(META) == "1"  # v1: the origin's vault stands for it
+    assert _backup_digest({**META_V2, "vault": "2"}) != _backup_digest(META_V2)
+    assert _backup_digest(META_V2) != _backup_digest(META)
+    for bad in (
+        _v2(META, one),  # v2 without its vault
+        _v2({**META_V2, "vault": "x1"}, one),
+        _v2({**META_V2, "vault": 1}, one),
+        _backup(META_V2, one),  # a vault in v1 metadata
+        _v2({**META_V2, "origin": "1/k"}, one),
+        _v2({**META_V2, "origin": "1/k/1/2"}, one),
+        _v2({**META_V2, "origin": "1/.k/1"}, one),
+        base64.b64encode(json.dumps({"format": "keyfront-storedsafe-backup", "v": True,
+                                     "key": META, "versions": one}).encode()).decode(),
+        base64.b64encode(json.dumps({"format": "keyfront-storedsafe-backup", "v": 3,
+                                     "key": META_V2, "versions": one}).encode()).decode(),
+    ):
+        with pytest.raises(InvalidInput):
+            _parse_backup(bad)
+
+
+def test_deeply_nested_backups_are_invalid_input():
+    for raw in (b"[" * 100_000, b'{"format":"keyfront-storedsafe-backup","v":2,"key":'
+                + b"{\"a\":" * 100_000):
+        with pytest.raises(InvalidInput):
+            _parse_backup(base64.b64encode(raw).decode())
+
+
+ITEM = {"pk": "ss#7", "sk": "key#k1", "name": "k1", "type": "aes128-gcm96",
+        "latest_version": 2, "min_decryption_version": 1, "allow_export": True,
+        "allow_backup": True, "allow_delete": True, "info": "", "objectid": "123456789012",
+        "origin": "7/k1/123456789012", "created_at": 1, "updated_at": 2, "version": 3}
+
+
+def test_a_key_record_is_read_from_where_it_is_found():
+    key = TransitKey.from_item("7", ITEM)
+    assert (key.vault, key.name, key.objectid, key.item_version) == ("7", "k1", "123456789012", 3)
+    assert key.context(2) == "storedsafe/7/k1/123456789012/2"
+    assert key.versions_pk == "ss#7#k1#123456789012"
+    # a restored key: its origin is another key of the same vault
+    restored = TransitKey.from_item("7", {**ITEM, "origin": "7/other/999"})
+    assert restored.origin == "7/other/999" and restored.context(1).startswith("storedsafe/7/k1/")
+    for bad in (
+        {**ITEM, "sk": "key#moved"},  # a copy at another name: its own name disagrees
+        {**ITEM, "pk": "ss#8"},  # in another vault's partition
+        {**ITEM, "name": "other"},
+        {**ITEM, "origin": "8/k1/123456789012"},  # origin in another vault
+        {**ITEM, "origin": "7/k1"},
+        {**ITEM, "objectid": "1#2"},
+        {**ITEM, "objectid": 123456789012},
+        {**ITEM, "type": "rsa-2048"},
+        {**ITEM, "min_decryption_version": 3},
+        {k: v for k, v in ITEM.items() if k != "origin"},
+    ):
+        with pytest.raises(StoredRecordError) as e:
+            TransitKey.from_item("7", bad)
+        assert e.value.status == 500 and e.value.message == "internal error"
+    with pytest.raises(StoredRecordError):
+        TransitKey.from_item("8", ITEM)
+
+
+def test_audit_details_the_store_cannot_hold_are_dropped():
+    assert _storable({"bits": 10**40, "key_version": 2, "type": "x" * 1000, "count": -(10**38),
+                      "name": "k", "flag": True, "none": None, "float": 1.5}) == \
+        {"key_version": 2, "name": "k", "flag": True, "none": None}
+
+
+def test_every_failure_is_audited_even_an_unexpected_one(sqlite_store, hsm, settings):
+    from chalicelib.core.audit import AuditLog
+    from chalicelib.core.tokens import Caller, Principal, Scope
+
+    audit = AuditLog(sqlite_store)
+    core = TransparentService(sqlite_store, hsm, audit, settings)
+    caller = Caller(Principal("tid", "tester", (Scope.parse("storedsafe:5:read,write,admin"),),
+                              2**40), "rid-1")
+    core.create_key(caller, "5", "k")
+
+    def boom(n: int) -> bytes:
+        raise RuntimeError("unexpected")
+
+    core._hsm = type("H", (), {"random_bytes": staticmethod(boom)})()
+    with pytest.raises(RuntimeError):
+        core.datakey(caller, "5", "k", bits=256, with_plaintext=True)
+    with pytest.raises(InvalidInput):
+        core.datakey(caller, "5", "k", bits=10**40, with_plaintext=True)
+    recs = audit.find(action="storedsafe.datakey", obj="storedsafe/5/k")
+    assert [(r["outcome"], r["details"]) for r in recs] == [
+        ("failure", {"reason": "internal_error", "bits": 256, "type": "plaintext"}),
+        ("failure", {"reason": "invalid_input", "type": "plaintext"}),
+    ]
+    assert all(r["request_id"] == "rid-1" and r["token_id"] == "tid" for r in recs)

@@ -17,6 +17,15 @@ naming the key's origin (vault, name and objectid where it was created) and the 
 ciphertext presented to another key, vault or version fails its tag check. The origin travels
 with a backup, so a restored key still opens what the original encrypted.
 
+A vault is a tenant: a backup names the vault it was taken from (bound by the digest its blobs
+are rebound to) and restores only into that vault, under any name. So a key's origin is always
+in the key's own vault, and a record whose origin is not is refused.
+
+A key record is used only where it is found: its vault and name (hence the HSM contexts of its
+versions and their partition) come from its pk and sk, never from its contents. A record whose
+contents disagree with its place, or a version blob that fails its HSM binding, is our own
+store's fault, not the client's: StoredRecordError, logged, a generic 500 to the client.
+
 Version records are immutable, so they are cached in-process; the key record is read on every
 request (another container may have rotated, reconfigured or deleted the key).
 """
@@ -43,6 +52,7 @@ from chalicelib.core.audit import AuditLog
 from chalicelib.core.permissions import STOREDSAFE
 from chalicelib.core.tokens import Caller
 from chalicelib.errors import (
+    BindingError,
     Conflict,
     Forbidden,
     IntegrityError,
@@ -71,7 +81,8 @@ MAX_INFO_CHARS = 1024
 CONFLICT_RETRIES = 64  # optimistic-concurrency attempts before a clear 409
 VERSION_CACHE_SIZE = 4096
 BACKUP_FORMAT = "keyfront-storedsafe-backup"
-BACKUP_FORMAT_VERSION = 1
+BACKUP_FORMAT_VERSION = 2  # 2 names the source vault; 1 (older) is still read, see _backup_vault
+MAX_AUDIT_TEXT = 256  # longest string detail put into an audit record
 
 # Which scope permissions satisfy a needed level: the vendor's levels are hierarchical.
 LEVELS: dict[str, frozenset[str]] = {
@@ -82,7 +93,22 @@ LEVELS: dict[str, frozenset[str]] = {
 
 _VAULT_RE = re.compile(r"[0-9]{1,20}\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_OBJECTID_RE = re.compile(r"[0-9]{1,20}\Z")
 _CIPHERTEXT_RE = re.compile(r"storedsafe:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]*={0,2})\Z")
+
+
+class StoredRecordError(KeyfrontError):
+    """One of our own stored records is not what its place says: moved, edited or corrupted.
+
+    Never the client's fault: `detail` goes to the log only, the client gets a generic 500.
+    """
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("internal error")
+        self.detail = detail
 
 
 # ---- pure formats (no I/O) ------------------------------------------------------------------
@@ -146,6 +172,15 @@ def parse_ciphertext(text: object, field: str = "ciphertext") -> tuple[int, byte
     return int(m.group(1)), data
 
 
+def origin_vault(origin: object) -> str:
+    """The vault of an origin "vault/name/objectid"; ValueError if it is not one."""
+    parts = origin.split("/") if isinstance(origin, str) else []
+    if len(parts) != 3 or not _VAULT_RE.match(parts[0]) or not _NAME_RE.match(parts[1]) \
+            or not _OBJECTID_RE.match(parts[2]):
+        raise ValueError("origin is not vault/name/objectid")
+    return parts[0]
+
+
 def version_aad(origin: str, version: int) -> bytes:
     """The AAD of every message under one key version: binds origin (vault/name/id) and N."""
     return f"storedsafe|{origin}|v{version}".encode()
@@ -158,14 +193,27 @@ def version_context(vault: str, name: str, objectid: str, version: int) -> str:
 
 def _backup_context(digest: str, version: int) -> str:
     # Blobs inside a backup are bound to a digest of the backup's metadata, so editing any
-    # metadata (flags, versions, origin) makes the HSM refuse to rebind them on restore.
+    # metadata (flags, versions, origin, source vault) makes the HSM refuse to rebind them on
+    # restore.
     return f"storedsafe-backup/{digest}/{version}"
 
 
+def _backup_format(meta: dict[str, Any]) -> int:
+    # v2 metadata has "vault" (the source vault), v1 metadata has not: _parse_backup holds
+    # each version to exactly its own fields, so the metadata tells its format.
+    return BACKUP_FORMAT_VERSION if "vault" in meta else 1
+
+
 def _backup_digest(meta: dict[str, Any]) -> str:
-    canonical = json.dumps({"format": BACKUP_FORMAT, "v": BACKUP_FORMAT_VERSION, "key": meta},
+    canonical = json.dumps({"format": BACKUP_FORMAT, "v": _backup_format(meta), "key": meta},
                            sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _backup_vault(meta: dict[str, Any]) -> str:
+    """The vault a backup was taken from: its "vault", or for v1 backups its origin's vault
+    (covered by the v1 digest too; a key's origin is in its own vault)."""
+    return meta["vault"] if "vault" in meta else origin_vault(meta["origin"])
 
 
 def _wrapped_to_json(key: WrappedKey) -> dict[str, Any]:
@@ -256,17 +304,45 @@ class TransitKey:
 
     @classmethod
     def from_item(cls, vault: str, item: dict[str, Any]) -> TransitKey:
-        """Inverse of to_item."""
-        return cls(
-            vault=vault, name=item["name"], type=item["type"],
-            latest_version=int(item["latest_version"]),
-            min_decryption_version=int(item["min_decryption_version"]),
-            allow_export=bool(item["allow_export"]), allow_backup=bool(item["allow_backup"]),
-            allow_delete=bool(item["allow_delete"]), info=str(item.get("info") or ""),
-            objectid=str(item["objectid"]), origin=str(item["origin"]),
-            created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
-            item_version=int(item["version"]),
-        )
+        """Inverse of to_item, for a record found in the vault's partition.
+
+        Vault and name come from where the record was found (pk "ss#{vault}", sk
+        "key#{name}"), never from its contents. StoredRecordError if the record is not in that
+        partition, its own name differs from its sort key, its origin is not in its vault, or
+        a field is malformed.
+        """
+        pk, sk = item.get("pk"), item.get("sk")
+        name = sk[4:] if isinstance(sk, str) and sk.startswith("key#") else ""
+        where = _obj(vault, name or "?")
+        if pk != f"ss#{vault}" or not _NAME_RE.match(name):
+            raise StoredRecordError(f"the key record of {where} is not in its place")
+        if item.get("name") != name:
+            raise StoredRecordError(f"the key record at {where} names another key")
+        try:
+            objectid, origin = item["objectid"], item["origin"]
+            if not isinstance(objectid, str) or not _OBJECTID_RE.match(objectid) \
+                    or item["type"] not in KEY_TYPES:
+                raise ValueError("objectid or type")
+            home = origin_vault(origin)
+            key = cls(
+                vault=vault, name=name, type=item["type"],
+                latest_version=int(item["latest_version"]),
+                min_decryption_version=int(item["min_decryption_version"]),
+                allow_export=bool(item["allow_export"]),
+                allow_backup=bool(item["allow_backup"]),
+                allow_delete=bool(item["allow_delete"]), info=str(item.get("info") or ""),
+                objectid=objectid, origin=origin,
+                created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
+                item_version=int(item["version"]),
+            )
+            if not 1 <= key.min_decryption_version <= key.latest_version <= MAX_VERSION:
+                raise ValueError("versions")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoredRecordError(f"the key record at {where} is malformed") from exc
+        if home != vault:
+            raise StoredRecordError(f"the key record at {where} has its origin in another "
+                                    "vault")
+        return key
 
     def metadata(self) -> dict[str, Any]:
         """Public metadata (the vendor's KEYS entry plus min_decryption_version)."""
@@ -351,22 +427,54 @@ class TransparentService:
 
     def _record(self, caller: Caller, action: str, obj: str, outcome: str,
                 **details: Any) -> None:
-        self._audit.record(caller, action, obj, outcome, **details)
+        self._audit.record(caller, action, obj, outcome, **_storable(details))
+
+    def _record_failure(self, caller: Caller, action: str, obj: str, outcome: str,
+                        reason: str, details: dict[str, Any]) -> None:
+        """Write the failure record whatever its details: without them if they are refused."""
+        try:
+            self._record(caller, action, obj, outcome, **details, reason=reason)
+            return
+        except Exception:  # noqa: BLE001 - retried below with the reason alone
+            log.warning("audit record of %s refused with its details; writing it without",
+                        action)
+        try:
+            self._record(caller, action, obj, outcome, reason=reason)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("audit write failed for %s", action)
+
+    @staticmethod
+    def _log_rejected(caller: Caller, action: str, obj: str, exc: StoredRecordError) -> None:
+        log.error(json.dumps({"level": "error", "event": "storedsafe stored record rejected",
+                              "request_id": caller.request_id, "action": action,
+                              "object": obj, "problem": exc.detail}))
 
     @contextmanager
     def _op(self, caller: Caller, action: str, obj: str) -> Iterator[dict[str, Any]]:
-        """Audit the enclosed operation: success with its details, or its failure reason."""
+        """Audit the enclosed operation: success with its details, or its failure reason.
+
+        Every failure is audited, an unexpected exception too (reason internal_error), and a
+        rejected stored record is logged as an error.
+        """
         details: dict[str, Any] = {}
         try:
             yield details
         except KeyfrontError as exc:
+            if isinstance(exc, StoredRecordError):
+                self._log_rejected(caller, action, obj, exc)
             outcome = "denied" if isinstance(exc, Forbidden) else "failure"
-            try:
-                self._record(caller, action, obj, outcome, reason=exc.code, **details)
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                log.exception("audit write failed for %s", action)
+            self._record_failure(caller, action, obj, outcome, exc.code, details)
+            raise
+        except Exception:
+            self._record_failure(caller, action, obj, "failure", "internal_error", details)
             raise
         self._record(caller, action, obj, "success", **details)
+
+    def _reading(self, caller: Caller, action: str, obj: str,
+                 exc: StoredRecordError) -> None:
+        """A read that met a rejected record: logged and audited as a failure."""
+        self._log_rejected(caller, action, obj, exc)
+        self._record_failure(caller, action, obj, "failure", exc.code, {})
 
     # ---- store access -----------------------------------------------------------------------
 
@@ -387,12 +495,21 @@ class TransparentService:
             hit = self._versions.get(ck)
             if hit is not None:
                 self._versions.move_to_end(ck)
-                return hit
+                if hit.size == key.bits:
+                    return hit
         item = self._store.get(*ck)
         if item is None:
             # the key record named it, so the key was deleted or replaced meanwhile
             raise NotFound(f"key version {version} of {key.name} not found")
-        wrapped = WrappedKey.from_dict(item["wrapped"])
+        try:
+            wrapped = WrappedKey.from_dict(item["wrapped"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoredRecordError(f"version {version} of {_obj(key.vault, key.name)} is "
+                                    "malformed") from exc
+        if wrapped.kind != "aes" or wrapped.size != key.bits:
+            # checked here: the HSM would answer a wrong kind as the caller's bad input
+            raise StoredRecordError(f"version {version} of {_obj(key.vault, key.name)} is "
+                                    f"not an AES-{key.bits} key")
         with self._versions_lock:
             self._versions[ck] = wrapped
             while len(self._versions) > VERSION_CACHE_SIZE:
@@ -441,8 +558,12 @@ class TransparentService:
         return requested
 
     def _seal(self, key: TransitKey, version: int, plaintext: bytes) -> str:
-        data = self._hsm.encrypt_gcm(self._version_key(key, version), key.context(version),
-                                     plaintext, version_aad(key.origin, version))
+        wrapped = self._version_key(key, version)
+        try:
+            data = self._hsm.encrypt_gcm(wrapped, key.context(version), plaintext,
+                                         version_aad(key.origin, version))
+        except BindingError as exc:
+            raise _blob_failed(key, version) from exc
         return format_ciphertext(version, data)
 
     def _open(self, key: TransitKey, ciphertext: str) -> tuple[bytes, int]:
@@ -454,11 +575,15 @@ class TransparentService:
         if version < key.min_decryption_version:
             raise InvalidState(f"ciphertext version {version} is below the key's "
                                f"min_decryption_version {key.min_decryption_version}")
+        wrapped = self._version_key(key, version)
         try:
-            plaintext = self._hsm.decrypt_gcm(self._version_key(key, version),
-                                              key.context(version), data,
+            plaintext = self._hsm.decrypt_gcm(wrapped, key.context(version), data,
                                               version_aad(key.origin, version))
+        except BindingError as exc:
+            # our stored version blob failed its binding: not the client's ciphertext
+            raise _blob_failed(key, version) from exc
         except IntegrityError as exc:
+            # the GCM tag of the client's ciphertext (the blob checked out)
             raise IntegrityError("ciphertext failed verification: tampered, truncated, or "
                                  "not made by this key") from exc
         return plaintext, version
@@ -507,7 +632,14 @@ class TransparentService:
         cursor = None
         while True:
             page = self._store.query(f"ss#{vault}", "key#", limit=100, cursor=cursor)
-            out += [TransitKey.from_item(vault, it) for it in page.items]
+            for it in page.items:
+                try:
+                    out.append(TransitKey.from_item(vault, it))
+                except StoredRecordError as exc:
+                    # not a key of this place: left out (as not found), logged and audited
+                    sk = it.get("sk")
+                    name = sk[4:] if isinstance(sk, str) and _NAME_RE.match(sk[4:]) else ""
+                    self._reading(caller, "storedsafe.key.list", _obj(vault, name), exc)
             if not page.cursor:
                 return out
             cursor = page.cursor
@@ -515,7 +647,11 @@ class TransparentService:
     def read_key(self, caller: Caller, vault: str, name: str) -> TransitKey:
         """One key's metadata. Read."""
         self.authorize(caller, vault, "read", "storedsafe.key.read", name)
-        return self._require(vault, name)
+        try:
+            return self._require(vault, name)
+        except StoredRecordError as exc:
+            self._reading(caller, "storedsafe.key.read", _obj(vault, name), exc)
+            raise
 
     def rotate(self, caller: Caller, vault: str, name: str) -> TransitKey:
         """Add version latest+1. Write. Racing rotations get distinct versions (retry on CAS)."""
@@ -647,9 +783,10 @@ class TransparentService:
         its plaintext."""
         with self._op(caller, "storedsafe.datakey", _obj(vault, name)) as details:
             self._check(caller, vault, "write" if with_plaintext else "read")
-            details.update(bits=bits, type="plaintext" if with_plaintext else "wrapped")
-            if bits not in DATAKEY_BITS or isinstance(bits, bool):
+            details.update(type="plaintext" if with_plaintext else "wrapped")
+            if type(bits) is not int or bits not in DATAKEY_BITS:
                 raise InvalidInput("bits must be 128, 256 or 512", field="bits")
+            details.update(bits=bits)  # validated first: only a valid value is audited
             key = self._require(vault, name)
             n = self._pick(key, key_version, "key_version")
             raw = self._hsm.random_bytes(bits // 8)
@@ -674,8 +811,15 @@ class TransparentService:
             else:
                 versions = range(self._pick(key, key_version, "key_version"), key_version + 1)
             details.update(key_version=key_version, count=len(versions))
-            return key, {n: self._hsm.export_secret(self._version_key(key, n), key.context(n))
-                         for n in versions}
+            material: dict[int, bytes] = {}
+            for n in versions:
+                wrapped = self._version_key(key, n)
+                try:
+                    material[n] = self._hsm.export_secret(wrapped, key.context(n))
+                except (BindingError, Forbidden) as exc:
+                    # the record allows export: a blob that fails or refuses is not its own
+                    raise _blob_failed(key, n) from exc
+            return key, material
 
     def backup(self, caller: Caller, vault: str, name: str) -> tuple[TransitKey, str]:
         """A protected backup of the key and all its versions: wrapped blobs only, restorable
@@ -691,12 +835,17 @@ class TransparentService:
                 "allow_backup": key.allow_backup, "allow_delete": key.allow_delete,
                 "info": key.info, "latest_version": key.latest_version,
                 "min_decryption_version": key.min_decryption_version, "origin": key.origin,
+                "vault": key.vault,  # the source vault: the only vault it restores into
             }
             digest = _backup_digest(meta)
             versions = []
             for n in range(1, key.latest_version + 1):
-                moved = self._hsm.rebind(self._version_key(key, n), key.context(n),
-                                         _backup_context(digest, n))
+                wrapped = self._version_key(key, n)
+                try:
+                    moved = self._hsm.rebind(wrapped, key.context(n),
+                                             _backup_context(digest, n))
+                except BindingError as exc:
+                    raise _blob_failed(key, n) from exc
                 versions.append({"key_version": n, "wrapped": _wrapped_to_json(moved)})
             doc = {"format": BACKUP_FORMAT, "v": BACKUP_FORMAT_VERSION, "key": meta,
                    "versions": versions}
@@ -705,12 +854,19 @@ class TransparentService:
             return key, base64.b64encode(raw).decode("ascii")
 
     def restore(self, caller: Caller, vault: str, name: str, backup: str) -> TransitKey:
-        """Restore a backup under vault/name as a new key (all versions). Write; Conflict if
-        the name exists; IntegrityError if the backup was altered."""
+        """Restore a backup under vault/name as a new key (all versions). Write.
+
+        Only into the vault the backup was taken from (InvalidInput otherwise: vaults are
+        tenants, a backup never moves a key between them), under any free name; Conflict if
+        the name exists; IntegrityError if the backup was altered.
+        """
         with self._op(caller, "storedsafe.key.restore", _obj(vault, name)) as details:
             self._check(caller, vault, "write")
             meta, blobs = _parse_backup(backup)
             details.update(key_version=meta["latest_version"], type=meta["type"])
+            if _backup_vault(meta) != vault:
+                raise InvalidInput("the backup was taken from another vault: a backup restores "
+                                   "only into the vault it was taken from", field="backup")
             if self._find(vault, name) is not None:
                 raise Conflict(f"key {name} already exists in vault {vault}")
             now = int(self._clock())
@@ -731,8 +887,11 @@ class TransparentService:
                 try:
                     rebound.append(self._hsm.rebind(wrapped, _backup_context(digest, n),
                                                     key.context(n)))
-                except IntegrityError as exc:
+                except IntegrityError as exc:  # the client's backup: its 400
                     raise IntegrityError("backup failed its integrity check") from exc
+            if origin_vault(key.origin) != vault:
+                # the digest vouches for the metadata; we never wrote such a backup
+                raise IntegrityError("backup failed its integrity check")
             # versions first (invisible until the record exists), then the record, which
             # decides the race for the name
             for n, wrapped in enumerate(rebound, start=1):
@@ -746,11 +905,12 @@ class TransparentService:
 
 
 def _parse_backup(backup: str) -> tuple[dict[str, Any], list[WrappedKey]]:
-    """Metadata and blobs of a backup string; InvalidInput if it is not one."""
+    """Metadata and blobs of a backup string (format 2, or 1 without "vault"); InvalidInput
+    if it is not one."""
     try:
         doc = json.loads(b64decode_strict(backup))
         if not isinstance(doc, dict) or doc.get("format") != BACKUP_FORMAT \
-                or doc.get("v") != BACKUP_FORMAT_VERSION:
+                or type(doc.get("v")) is not int or doc["v"] not in (1, BACKUP_FORMAT_VERSION):
             raise ValueError("not a backup")
         meta, versions = doc["key"], doc["versions"]
         if not isinstance(meta, dict) or not isinstance(versions, list):
@@ -758,9 +918,14 @@ def _parse_backup(backup: str) -> tuple[dict[str, Any], list[WrappedKey]]:
         expect = {"type": str, "allow_export": bool, "allow_backup": bool,
                   "allow_delete": bool, "info": str, "latest_version": int,
                   "min_decryption_version": int, "origin": str}
+        if doc["v"] == BACKUP_FORMAT_VERSION:
+            expect["vault"] = str
         if set(meta) != set(expect) or any(type(meta[k]) is not t for k, t in expect.items()):
             raise ValueError("bad metadata")
         key_bits(meta["type"])
+        origin_vault(meta["origin"])
+        if "vault" in meta:
+            validate_vault(meta["vault"])
         latest, lowest = meta["latest_version"], meta["min_decryption_version"]
         if not 1 <= lowest <= latest <= MAX_VERSION or len(versions) != latest:
             raise ValueError("bad versions")
@@ -770,9 +935,27 @@ def _parse_backup(backup: str) -> tuple[dict[str, Any], list[WrappedKey]]:
                 raise ValueError("versions must be 1..latest in order")
             blobs.append(_wrapped_from_json(v.get("wrapped")))
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError,
-            InvalidInput) as exc:
+            RecursionError, InvalidInput) as exc:
+        # RecursionError: deeply nested JSON exhausts the parser's stack
         raise InvalidInput("backup is not a valid key backup", field="backup") from exc
     return meta, blobs
+
+
+def _blob_failed(key: TransitKey, version: int) -> StoredRecordError:
+    return StoredRecordError(f"version {version} of {_obj(key.vault, key.name)} failed its "
+                             "HSM binding check")
+
+
+def _storable(details: dict[str, Any]) -> dict[str, Any]:
+    """The audit details the store can hold: out-of-range integers and long or odd values are
+    dropped, so that a bad value never costs the record itself."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if v is None or isinstance(v, bool) \
+                or (isinstance(v, int) and -(10**38) < v < 10**38) \
+                or (isinstance(v, str) and len(v) <= MAX_AUDIT_TEXT):
+            out[k] = v
+    return out
 
 
 def _obj(vault: str, name: str = "") -> str:

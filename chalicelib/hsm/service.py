@@ -4,7 +4,8 @@ Keys live outside the HSM only as `WrappedKey`: material wrapped under a token-r
 plus a tag (HMAC-SHA256 computed in the HSM with the bind key of the KEK's version) over every
 field and the owner's context. Every use verifies the tag against the caller's context before
 the blob is unwrapped, so a blob copied to another record, or any edited field, fails with
-errors.IntegrityError. Unwrapped keys are session objects, cached in a bounded LRU so that a hot
+errors.BindingError (an errors.IntegrityError; a GCM tag failure of the data is a plain
+IntegrityError). Unwrapped keys are session objects, cached in a bounded LRU so that a hot
 key is unwrapped once per session.
 """
 
@@ -200,7 +201,7 @@ def _key_message(key: WrappedKey, context: str) -> bytes:
         return _bind_message(key.kind, key.size, key.curve, key.exportable, key.kek_label,
                              key.mechanism, context, key.blob, key.public_der)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise errors.IntegrityError(INTEGRITY_MESSAGE) from exc
+        raise errors.BindingError(INTEGRITY_MESSAGE) from exc
 
 
 class _BoundKey:
@@ -492,7 +493,7 @@ class Hsm:
             return HsmRSAPrivateKey(bound, public)
         if key.kind == "ec" and isinstance(public, ec.EllipticCurvePublicKey):
             return HsmECPrivateKey(bound, public)
-        raise errors.IntegrityError(INTEGRITY_MESSAGE)
+        raise errors.BindingError(INTEGRITY_MESSAGE)
 
     def public_key_pem(self, key: WrappedKey) -> bytes:
         """The public key of an asymmetric key as SubjectPublicKeyInfo PEM."""
@@ -568,14 +569,14 @@ class Hsm:
     def _bind_key(self, state: SessionState, kek: str) -> Any:
         version = kek_version_of(self.settings, kek)
         if version is None:
-            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+            raise errors.BindingError(INTEGRITY_MESSAGE)
         try:
             return state.secret_key(bind_key_label(self.settings, version),
                                     KeyType.GENERIC_SECRET)
         except p11e.NoSuchKey as exc:
             # a blob naming a KEK version this token does not have cannot be verified
             # (ping reports a missing current version as Unavailable)
-            raise errors.IntegrityError("key blob refers to an unknown KEK version") from exc
+            raise errors.BindingError("key blob refers to an unknown KEK version") from exc
         except p11e.MultipleObjectsReturned as exc:
             raise errors.Unavailable(f"the bind key of KEK version {version} is ambiguous") \
                 from exc
@@ -587,15 +588,15 @@ class Hsm:
     def _verify(self, state: SessionState, key: WrappedKey, context: str,
                 message: bytes) -> None:
         if key.context != context or not isinstance(key.tag, bytes):
-            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+            raise errors.BindingError(INTEGRITY_MESSAGE)
         if not hmac.compare_digest(self._tag(state, key.kek_label, message), key.tag):
-            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+            raise errors.BindingError(INTEGRITY_MESSAGE)
 
     def _usable(self, state: SessionState, key: WrappedKey, context: str) -> Any:
         """The unwrapped session object of key, after its tag checked out against context."""
         _require_context(context)
         if key.context != context:
-            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+            raise errors.BindingError(INTEGRITY_MESSAGE)
         message = _key_message(key, context)
         cache_key = _cache_key(message, key.tag if isinstance(key.tag, bytes) else b"")
         obj = state.cache.get(cache_key)
@@ -608,7 +609,7 @@ class Hsm:
 
     def _unwrap(self, state: SessionState, key: WrappedKey, *, sensitive: bool) -> Any:
         if key.kind not in _KINDS:
-            raise errors.IntegrityError(INTEGRITY_MESSAGE)
+            raise errors.BindingError(INTEGRITY_MESSAGE)
         object_class, key_type, _ = _KINDS[key.kind]
         try:
             mechanism = Mechanism[key.mechanism]

@@ -43,6 +43,9 @@ from chalicelib.errors import InvalidInput, Unauthenticated
 
 bp = Blueprint(__name__)
 _lock = threading.Lock()
+# Routes with a body accept any Content-Type (`curl -d` sends form-urlencoded): the body is
+# parsed as JSON regardless, so bad bodies get Auth0's 400, never the framework's 415.
+ANY_CONTENT_TYPE = ["*/*"]
 _domain: tuple[int, Auth0] | None = None
 
 
@@ -130,7 +133,7 @@ def _signing_key(key: SigningKey) -> dict[str, Any]:
 
 # ---- connections -----------------------------------------------------------------------------
 
-@bp.route("/api/v2/connections", methods=["POST"])
+@bp.route("/api/v2/connections", methods=["POST"], content_types=ANY_CONTENT_TYPE)
 @guarded(bp, render)
 def create_connection() -> Response:
     """Create a connection (name, strategy, options, ...)."""
@@ -189,7 +192,7 @@ def get_connection_keys(cid: str) -> Response:
     return json_response(200, [_connection_key(k) for k in keys])
 
 
-@bp.route("/api/v2/connections/{cid}/keys", methods=["POST"])
+@bp.route("/api/v2/connections/{cid}/keys", methods=["POST"], content_types=ANY_CONTENT_TYPE)
 @guarded(bp, render)
 def create_connection_keys(cid: str) -> Response:
     """Provision the connection's current and next keys: 201, an array."""
@@ -199,7 +202,7 @@ def create_connection_keys(cid: str) -> Response:
     return json_response(201, [_connection_key(k) for k in keys])
 
 
-@bp.route("/api/v2/connections/{cid}/keys/rotate", methods=["POST"])
+@bp.route("/api/v2/connections/{cid}/keys/rotate", methods=["POST"], content_types=ANY_CONTENT_TYPE)
 @guarded(bp, render)
 def rotate_connection_keys(cid: str) -> Response:
     """Rotate the connection's keys: 201, the new next key."""
@@ -219,7 +222,7 @@ def list_signing_keys() -> Response:
     return json_response(200, [_signing_key(k) for k in _auth0().signing_keys(caller, tenant)])
 
 
-@bp.route("/api/v2/keys/signing/rotate", methods=["POST"])
+@bp.route("/api/v2/keys/signing/rotate", methods=["POST"], content_types=ANY_CONTENT_TYPE)
 @guarded(bp, render)
 def rotate_signing_key() -> Response:
     """Rotate the tenant signing key: 201 {cert, kid} of the new next key."""
@@ -237,7 +240,7 @@ def get_signing_key(kid: str) -> Response:
     return json_response(200, _signing_key(_auth0().signing_key(caller, tenant, kid)))
 
 
-@bp.route("/api/v2/keys/signing/{kid}/revoke", methods=["PUT"])
+@bp.route("/api/v2/keys/signing/{kid}/revoke", methods=["PUT"], content_types=ANY_CONTENT_TYPE)
 @guarded(bp, render)
 def revoke_signing_key(kid: str) -> Response:
     """Revoke a previous signing key: 200 {cert, kid}."""

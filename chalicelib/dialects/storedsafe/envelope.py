@@ -1,7 +1,10 @@
 """StoredSafe's response envelope: CALLINFO, DATA, HEADERS, PARAMS (+ ERRORCODES/ERRORS).
 
-DATA echoes the request (route parameters and the endpoint's known body fields) and HEADERS the
-request headers, both minus secrets: the token, plaintext and key material never come back.
+DATA echoes the request (route parameters and the endpoint's known body fields) minus secrets:
+the token, plaintext and key material never come back. HEADERS echoes only the request headers
+of an allow-list of harmless ones (the vendor's example shows Accept, Content-Length,
+Content-Type, Host and User-Agent beside its token): a credential in any other header
+(Cookie, X-Amz-Security-Token, ...) is never echoed, whatever its name.
 CALLINFO.token is the token to use on the next call: the caller's own token once it has been
 authenticated (tokens are not rotated), "" when the call failed before that.
 """
@@ -23,9 +26,9 @@ STATE_ATTR = "_storedsafe_call"  # where a view leaves its CallState for the err
 
 # Body fields never echoed in DATA, whatever the endpoint.
 SECRET_FIELDS = frozenset({"token", "plaintext", "backup", "key", "keys", "password"})
-# Request headers never echoed in HEADERS.
-HIDDEN_HEADERS = frozenset({"x-http-token", "authorization", "proxy-authorization", "cookie",
-                            "x-api-key"})
+# The only request headers echoed in HEADERS (lower-case names; echoed as sent).
+ECHOED_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "content-length",
+                            "content-type", "host", "user-agent"})
 
 # Vendor-style numeric error codes, by KeyfrontError.code (ERRORCODES {code: text}).
 ERROR_CODES: dict[str, str] = {
@@ -56,7 +59,7 @@ class CallState:
 
 def _headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in (request.headers or {}).items()
-            if k.lower() not in HIDDEN_HEADERS}
+            if k.lower() in ECHOED_HEADERS}
 
 
 def _data(state: CallState) -> dict[str, Any]:

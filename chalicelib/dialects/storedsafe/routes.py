@@ -3,7 +3,11 @@
 Thin handlers: authenticate (X-Http-Token, or the legacy JSON `token`), check the vault
 permission, validate the body, call core.transparent, shape the vendor envelope. Order of
 answers: 401 (token), 400 (route parameters), 403 (permission), 400 (body), then the
-operation's own (404, 409, 400).
+operation's own (404, 409, 400). A 500 says only "internal error" and the request id.
+
+Every route accepts any Content-Type (`curl -d` sends application/x-www-form-urlencoded): the
+body is read as JSON whatever the header says, and a body that is not JSON gets the vendor's
+400 envelope instead of the framework's 415. Every route takes a body: the legacy `token`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from chalicelib.core.transparent import (
     validate_name,
     validate_vault,
 )
-from chalicelib.dialects.http import guarded, header, json_object, parse, request_id
+from chalicelib.dialects.http import (
+    InternalError,
+    guarded,
+    header,
+    json_object,
+    parse,
+    request_id,
+)
 from chalicelib.dialects.storedsafe import envelope
 from chalicelib.dialects.storedsafe.envelope import STATE_ATTR, CallState
 from chalicelib.dialects.storedsafe.models import (
@@ -39,16 +50,19 @@ from chalicelib.dialects.storedsafe.models import (
     RestoreBody,
     RewrapBody,
 )
-from chalicelib.errors import InvalidInput, KeyfrontError, LimitExceeded, NotFound
+from chalicelib.errors import InvalidInput, KeyfrontError, LimitExceeded, NotFound, Unavailable
 
 bp = Blueprint(__name__)
 PREFIX = "/api/{version}/transparent"
 API_VERSIONS = frozenset({"1.0"})
 TOKEN_HEADER = "X-Http-Token"
+ANY_CONTENT_TYPE = ["*/*"]  # Chalice matches every request Content-Type against "*/*"
 M = TypeVar("M", bound=BaseModel)
 
 
 def _render(exc: KeyfrontError, request: Request, rid: str) -> Response:
+    if exc.status >= 500 and not isinstance(exc, InternalError | Unavailable):
+        exc = InternalError(rid)  # a 5xx never tells what went wrong inside (logged instead)
     return envelope.failure(exc, request, getattr(request, STATE_ATTR, None))
 
 
@@ -128,7 +142,8 @@ def _key_info(key: TransitKey) -> dict[str, str]:
 
 # ---- keys ----------------------------------------------------------------------------------
 
-@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["POST"])
+@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def create_key(version: str, vaultid: str, name: str) -> Response:
     """Create a named key. Write. 201."""
@@ -141,7 +156,8 @@ def create_key(version: str, vaultid: str, name: str) -> Response:
     return call.ok(201, _key_info(key))
 
 
-@bp.route(PREFIX + "/{vaultid}/keys", methods=["GET"])
+@bp.route(PREFIX + "/{vaultid}/keys", methods=["GET"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def list_keys(version: str, vaultid: str) -> Response:
     """List the vault's keys (the vendor's LIST verb; GET here). Read."""
@@ -150,7 +166,8 @@ def list_keys(version: str, vaultid: str) -> Response:
     return call.ok(200, {}, KEYS=[k.metadata() for k in keys])
 
 
-@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["GET"])
+@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["GET"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def read_key(version: str, vaultid: str, name: str) -> Response:
     """One key's metadata. Read."""
@@ -161,7 +178,8 @@ def read_key(version: str, vaultid: str, name: str) -> Response:
                    KEYS=[key.metadata()])
 
 
-@bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"])
+@bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def rotate_key(version: str, vaultid: str, name: str) -> Response:
     """Add a version. Write. 201."""
@@ -171,7 +189,8 @@ def rotate_key(version: str, vaultid: str, name: str) -> Response:
     return call.ok(201, _key_info(key))
 
 
-@bp.route(PREFIX + "/{vaultid}/keys/{name}/config", methods=["POST"])
+@bp.route(PREFIX + "/{vaultid}/keys/{name}/config", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def configure_key(version: str, vaultid: str, name: str) -> Response:
     """Beyond the vendor: set min_decryption_version / allow_delete. Admin."""
@@ -186,7 +205,8 @@ def configure_key(version: str, vaultid: str, name: str) -> Response:
                          "allow_delete": key.allow_delete})
 
 
-@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["DELETE"])
+@bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["DELETE"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def delete_key(version: str, vaultid: str, name: str) -> Response:
     """Delete a key and all versions. Write, and only if allow_delete."""
@@ -198,7 +218,8 @@ def delete_key(version: str, vaultid: str, name: str) -> Response:
 
 # ---- key use -------------------------------------------------------------------------------
 
-@bp.route(PREFIX + "/{vaultid}/encrypt/{name}", methods=["POST"])
+@bp.route(PREFIX + "/{vaultid}/encrypt/{name}", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def encrypt(version: str, vaultid: str, name: str) -> Response:
     """Encrypt base64 plaintext. Read (Write creates a missing key)."""
@@ -213,7 +234,8 @@ def encrypt(version: str, vaultid: str, name: str) -> Response:
                    general)
 
 
-@bp.route(PREFIX + "/{vaultid}/decrypt/{name}", methods=["POST"])
+@bp.route(PREFIX + "/{vaultid}/decrypt/{name}", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def decrypt(version: str, vaultid: str, name: str) -> Response:
     """Decrypt a storedsafe:vN: ciphertext. Read."""
@@ -224,7 +246,8 @@ def decrypt(version: str, vaultid: str, name: str) -> Response:
     return call.ok(200, {"plaintext": _enc(out.plaintext), "key_version": str(out.key_version)})
 
 
-@bp.route(PREFIX + "/rewrap/{vaultid}/{name}", methods=["POST"])
+@bp.route(PREFIX + "/rewrap/{vaultid}/{name}", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def rewrap(version: str, vaultid: str, name: str) -> Response:
     """Re-encrypt under to_version (default latest), never returning plaintext. Read."""
@@ -235,7 +258,8 @@ def rewrap(version: str, vaultid: str, name: str) -> Response:
     return call.ok(200, {"ciphertext": out.ciphertext, "key_version": str(out.key_version)})
 
 
-@bp.route(PREFIX + "/{vaultid}/datakey/{type}/{name}", methods=["POST"])
+@bp.route(PREFIX + "/{vaultid}/datakey/{type}/{name}", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def datakey(version: str, vaultid: str, type: str, name: str) -> Response:  # noqa: A002
     """A data key: `wrapped` (Read) or `plaintext` (Write) returns its plaintext too."""
@@ -275,21 +299,24 @@ def _export(version: str, vaultid: str, name: str, key_version: str | None) -> R
     })
 
 
-@bp.route(PREFIX + "/export/{vaultid}/{name}", methods=["GET"])
+@bp.route(PREFIX + "/export/{vaultid}/{name}", methods=["GET"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def export_key(version: str, vaultid: str, name: str) -> Response:
     """Every version's key material (from min_decryption_version). Admin + allow_export."""
     return _export(version, vaultid, name, None)
 
 
-@bp.route(PREFIX + "/export/{vaultid}/{name}/{key_version}", methods=["GET"])
+@bp.route(PREFIX + "/export/{vaultid}/{name}/{key_version}", methods=["GET"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def export_key_version(version: str, vaultid: str, name: str, key_version: str) -> Response:
     """One version's key material. Admin + allow_export."""
     return _export(version, vaultid, name, key_version)
 
 
-@bp.route(PREFIX + "/backup/{vaultid}/{name}", methods=["GET"])
+@bp.route(PREFIX + "/backup/{vaultid}/{name}", methods=["GET"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def backup_key(version: str, vaultid: str, name: str) -> Response:
     """A protected backup of the key, all versions. Admin + allow_backup."""
@@ -300,10 +327,12 @@ def backup_key(version: str, vaultid: str, name: str) -> Response:
                    KEYS={"backup": backup})
 
 
-@bp.route(PREFIX + "/restore/{vaultid}/{name}", methods=["POST"])
+@bp.route(PREFIX + "/restore/{vaultid}/{name}", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def restore_key(version: str, vaultid: str, name: str) -> Response:
-    """Restore a backup as a new key under vaultid/name. Write."""
+    """Restore a backup as a new key under vaultid/name. Write; only into the vault the
+    backup was taken from (400 otherwise)."""
     call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
                   action="storedsafe.key.restore", echo=RestoreBody)
     b = call.body(RestoreBody)
