@@ -45,6 +45,9 @@ from bench.harness import (  # noqa: E402
     stop,
     wait_http,
 )
+from bench.harness import (
+    start_keyfront as harness_start_keyfront,
+)
 from tests.client import Resp  # noqa: E402
 
 PLAINTEXT = base64.b64encode(os.urandom(1024)).decode()  # 1 KiB
@@ -223,12 +226,8 @@ def concurrent(t: Target, op: str, ct: str, clients: int, per_client: int) -> Re
 
 def start_keyfront(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Keyfront]:
     """`keyfront serve`, a token for vault 1, an aes256-gcm96 key rotated once."""
-    port = free_port()
-    log = tmp / "keyfront.log"
-    proc = subprocess.Popen([str(VENV / "keyfront"), "serve", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc, port = harness_start_keyfront(tmp, env)
     try:
-        wait_http(port, "/health", proc, log)
         target = Keyfront(port, mint_token(env, f"storedsafe:{VAULT}:read,write"))
         c = target.client()
         for path, body in ((f"/{VAULT}/keys/{KEY}", {"type": "aes256-gcm96"}),
