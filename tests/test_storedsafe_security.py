@@ -362,3 +362,30 @@ def test_binding_error_is_an_integrity_error():
 
     assert issubclass(BindingError, IntegrityError)
     assert BindingError.status == IntegrityError.status and BindingError.code == "integrity"
+
+
+def _strict(r: Any) -> dict[str, Any]:
+    """Parse as a strict client would: no NaN/Infinity, no lone surrogate."""
+    def no_constants(name: str) -> Any:
+        raise AssertionError(f"non-strict JSON constant {name} in the response")
+
+    text = r.body.decode("utf-8")
+    data = json.loads(text, parse_constant=no_constants)
+    json.dumps(data, ensure_ascii=False).encode("utf-8")
+    return data
+
+
+def test_bodies_that_are_not_strict_json_are_400_and_never_echoed(live_server):
+    """NaN, 1e400 and lone surrogates pass json.loads: they must not reach the store or DATA."""
+    ss = SS(live_server)
+    bodies = [b'{"info": "\\ud800"}', b'{"type": "aes128-gcm96", "allow_delete": NaN}',
+              b'{"info": 1e400}', b'{"x\\udfff": 1}', b'{"info": ' + b"[" * 40 + b"]" * 40 + b"}"]
+    for raw in bodies:
+        r = ss.call("POST", f"/{ss.vault}/keys/k1", raw=raw)
+        assert_fail(r, 400, token=ss.token)
+        data = _strict(r)
+        assert data["DATA"] == {"vaultid": ss.vault, "name": "k1"}, r.text
+    r = ss.call("POST", f"/{ss.vault}/encrypt/k2", raw=b'{"plaintext": "aGk=", "x\\ud800": 1}')
+    assert_fail(r, 400, token=ss.token)
+    _strict(r)
+    assert _names(ss) == []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import secrets
 import string
@@ -40,6 +39,7 @@ from chalicelib.errors import (
     NotFound,
     StoreTransactionCancelled,
 )
+from chalicelib.formats.strict_json import json_problem
 from chalicelib.hsm import Hsm, WrappedKey
 from chalicelib.store import Check, Delete, Op, Put, Store
 
@@ -62,7 +62,6 @@ MAX_OPTIONS_BYTES = 64 * 1024
 # property names are bounded alike (and must not be empty: DynamoDB map keys cannot be).
 MAX_METADATA_KEYS = 10
 MAX_METADATA_CHARS = 255
-MAX_JSON_DEPTH = 32  # nesting of any connection field (options included)
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_RE = re.compile(r"con_[A-Za-z0-9]{1,60}\Z")
 
@@ -92,53 +91,6 @@ def _now() -> str:
 def new_connection_id() -> str:
     """Auth0-style id: "con_" and 16 random alphanumerics."""
     return "con_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
-
-
-def _unicode_ok(text: str) -> bool:
-    """Is the text encodable as UTF-8 (no lone surrogates, which json.loads lets through)?"""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _join(path: str, part: str | int) -> str:
-    part = str(part)
-    if len(part) > 64:
-        part = part[:61] + "..."
-    return f"{path}.{part}" if path else part
-
-
-def json_problem(value: Any, path: str = "") -> tuple[str, str] | None:
-    """The first (path, problem) that makes `value` unfit for strict JSON or the store.
-
-    Problems: a non-finite number (NaN, Infinity, or a literal like 1e400 that overflows), a
-    string or property name that is not valid Unicode (a lone surrogate, which json.loads
-    accepts from a "\\ud800" escape), nesting deeper than MAX_JSON_DEPTH. None if fine.
-    The path names properties and list indices ("options.a.0"); a bad property name is
-    reported at its parent, so the message never echoes it.
-    """
-    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
-    while stack:
-        v, p, depth = stack.pop()
-        if isinstance(v, str):
-            if not _unicode_ok(v):
-                return p, "String is not valid Unicode"
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                return p, "Number must be finite"
-        elif isinstance(v, dict | list | tuple):
-            if depth >= MAX_JSON_DEPTH:
-                return p, f"Nesting is deeper than {MAX_JSON_DEPTH} levels"
-            items = list(v.items()) if isinstance(v, dict) else list(enumerate(v))
-            for k, _ in items:
-                if isinstance(k, str) and not _unicode_ok(k):
-                    return p, "Property name is not valid Unicode"
-            stack += [(item, _join(p, k), depth + 1) for k, item in reversed(items)]
-    return None
 
 
 def metadata_problem(metadata: Any) -> str | None:

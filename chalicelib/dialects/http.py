@@ -17,7 +17,8 @@ from chalice import Response
 from chalice.app import Request
 from pydantic import BaseModel, ValidationError
 
-from chalicelib.errors import InvalidInput, KeyfrontError, Unavailable
+from chalicelib.errors import InvalidInput, KeyfrontError
+from chalicelib.formats.strict_json import json_problem
 
 log = logging.getLogger("keyfront.http")
 M = TypeVar("M", bound=BaseModel)
@@ -51,7 +52,11 @@ def header(request: Request, name: str) -> str | None:
 
 
 def json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object ({} when empty); InvalidInput for bad JSON or a non-object."""
+    """The body as a strict JSON object ({} when empty); InvalidInput otherwise.
+
+    Strict: no NaN/Infinity, no lone surrogates, nesting bounded (formats.strict_json), so
+    nothing a dialect echoes back or stores can be unreadable JSON.
+    """
     raw = request.raw_body
     if not raw:
         return {}
@@ -64,7 +69,18 @@ def json_object(request: Request) -> dict[str, Any]:
         raise InvalidInput("request body is not valid JSON", field="body") from exc
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", field="body")
+    problem = json_problem(data)
+    if problem is not None:
+        raise StrictJsonError(*problem)
     return data
+
+
+class StrictJsonError(InvalidInput):
+    """Valid JSON that is not strict JSON (non-finite number, lone surrogate, too deep)."""
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{what}" + (f" (at {where})" if where else ""), field=where or "body")
+        self.where, self.what = where, what
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:
@@ -130,5 +146,5 @@ class InternalError(KeyfrontError):
         super().__init__(f"internal error (request id {rid})")
 
 
-__all__ = ["InternalError", "Unavailable", "guarded", "header", "json_object", "json_response",
-           "parse", "request_id"]
+__all__ = ["InternalError", "StrictJsonError", "guarded", "header", "json_object",
+           "json_response", "parse", "request_id"]

@@ -11,7 +11,6 @@ from chalicelib.core.connections import (
     MAX_METADATA_CHARS,
     MAX_METADATA_KEYS,
     STRATEGIES,
-    json_problem,
 )
 from chalicelib.dialects.auth0.envelope import BodyInvalid, QueryInvalid
 
@@ -117,20 +116,14 @@ def _describe(err: dict[str, Any]) -> str:
     return f"'{err['msg']}' on property {loc}"
 
 
-def parse_body(model: type[M], data: dict[str, Any]) -> M:
-    """Validate a JSON body; BodyInvalid with Auth0's "Payload validation error" text.
+def payload_problem(where: str, what: str) -> BodyInvalid:
+    """Auth0's "Payload validation error" for a body that is not strict JSON."""
+    on = f" on property {where}" if where else ""
+    return BodyInvalid(f"Payload validation error: '{what}'{on}.", fields={where or "body": what})
 
-    First, anywhere in the body: no NaN/Infinity (nor literals like 1e400 that overflow to
-    it), no string or property name that is not valid Unicode (a lone surrogate escape), no
-    nesting deeper than the core accepts. Those could not be stored, or would be echoed back
-    as JSON that strict clients refuse.
-    """
-    problem = json_problem(data)
-    if problem is not None:
-        where, what = problem
-        on = f" on property {where}" if where else ""
-        raise BodyInvalid(f"Payload validation error: '{what}'{on}.",
-                          fields={where or "body": what})
+
+def parse_body(model: type[M], data: dict[str, Any]) -> M:
+    """Validate a (strict JSON) body; BodyInvalid with Auth0's "Payload validation error"."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

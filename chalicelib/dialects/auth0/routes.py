@@ -37,9 +37,17 @@ from chalicelib.dialects.auth0.models import (
     KeysBody,
     parse_body,
     parse_query,
+    payload_problem,
 )
-from chalicelib.dialects.http import guarded, header, json_object, json_response, request_id
-from chalicelib.errors import InvalidInput, Unauthenticated
+from chalicelib.dialects.http import (
+    StrictJsonError,
+    guarded,
+    header,
+    json_object,
+    json_response,
+    request_id,
+)
+from chalicelib.errors import Unauthenticated
 
 bp = Blueprint(__name__)
 _lock = threading.Lock()
@@ -78,11 +86,11 @@ def _caller(action: str) -> tuple[Caller, str]:
 
 
 def _body() -> dict[str, Any]:
-    """The JSON body ({} when empty); nesting too deep for the parser is bad input too."""
+    """The strict JSON body ({} when empty), with Auth0's wording when it is not strict."""
     try:
         return json_object(bp.current_request)
-    except RecursionError:
-        raise InvalidInput("request body is not valid JSON", field="body") from None
+    except StrictJsonError as exc:
+        raise payload_problem(exc.where, exc.what) from None
 
 
 def _query() -> dict[str, Any]:
