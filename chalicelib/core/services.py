@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from chalicelib.config import Settings
 from chalicelib.core.audit import AuditLog
@@ -12,6 +14,10 @@ from chalicelib.core.tokens import TokenService
 from chalicelib.errors import KeyfrontError, Unavailable
 from chalicelib.hsm import Hsm, get_hsm
 from chalicelib.store import Store, open_store
+
+if TYPE_CHECKING:  # the domains import this module
+    from chalicelib.core.auth0 import Auth0
+    from chalicelib.core.transparent import TransparentService
 
 
 @dataclass
@@ -29,6 +35,20 @@ class Services:
         """Open the store and the HSM named by settings."""
         store = open_store(settings)
         return cls(settings, store, get_hsm(settings), TokenService(store), AuditLog(store))
+
+    @cached_property
+    def transparent(self) -> TransparentService:
+        """The StoredSafe domain over these services, built on first use."""
+        from chalicelib.core.transparent import TransparentService
+
+        return TransparentService(self.store, self.hsm, self.audit, self.settings)
+
+    @cached_property
+    def auth0(self) -> Auth0:
+        """The Auth0 domain over these services, built on first use."""
+        from chalicelib.core.auth0 import Auth0
+
+        return Auth0(self)
 
     def health(self) -> dict[str, str]:
         """Component states: "ok" or a short reason (never a secret)."""

@@ -664,7 +664,7 @@ class TransparentService:
                     raise LimitExceeded("the key has reached its maximum version")
                 wrapped = self._hsm.generate_aes(key.bits, key.context(n),
                                                  exportable=key.allow_export)
-                new = _replace(key, latest_version=n, updated_at=int(self._clock()))
+                new = replace(key, latest_version=n, updated_at=int(self._clock()))
                 try:
                     # the record's version is the lock: a concurrent rotation makes this fail
                     self._store.transact([Update(new.to_item(), key.item_version),
@@ -672,7 +672,7 @@ class TransparentService:
                 except StoreTransactionCancelled:
                     continue
                 details.update(key_version=n)
-                return _replace(new, item_version=key.item_version + 1)
+                return replace(new, item_version=key.item_version + 1)
             raise Conflict("the key is being changed concurrently; retry")
 
     def configure(self, caller: Caller, vault: str, name: str, *,
@@ -694,13 +694,13 @@ class TransparentService:
                     changes["min_decryption_version"] = min_decryption_version
                 if allow_delete is not None:
                     changes["allow_delete"] = allow_delete
-                new = _replace(key, updated_at=int(self._clock()), **changes)
+                new = replace(key, updated_at=int(self._clock()), **changes)
                 try:
                     self._store.update_if_version(new.to_item(), key.item_version)
                 except StoreConditionFailed:
                     continue
                 details.update(key_version=new.latest_version)
-                return _replace(new, item_version=key.item_version + 1)
+                return replace(new, item_version=key.item_version + 1)
             raise Conflict("the key is being changed concurrently; retry")
 
     def delete(self, caller: Caller, vault: str, name: str) -> TransitKey:
@@ -961,20 +961,3 @@ def _storable(details: dict[str, Any]) -> dict[str, Any]:
 def _obj(vault: str, name: str = "") -> str:
     return f"storedsafe/{vault}/{name}" if name else f"storedsafe/{vault}"
 
-
-def _replace(key: TransitKey, **changes: Any) -> TransitKey:
-    return replace(key, **changes)
-
-
-_instance: tuple[object, TransparentService] | None = None
-_instance_lock = threading.Lock()
-
-
-def transparent_service(services: Any) -> TransparentService:
-    """The process's TransparentService over `services` (a core.services.Services)."""
-    global _instance
-    with _instance_lock:
-        if _instance is None or _instance[0] is not services:
-            _instance = (services, TransparentService(services.store, services.hsm,
-                                                      services.audit, services.settings))
-        return _instance[1]

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from chalice import Blueprint, Response
@@ -50,21 +49,12 @@ from chalicelib.dialects.http import (
 from chalicelib.errors import Unauthenticated
 
 bp = Blueprint(__name__)
-_lock = threading.Lock()
 # Routes with a body accept any Content-Type (`curl -d` sends form-urlencoded): the body is
 # parsed as JSON regardless, so bad bodies get Auth0's 400, never the framework's 415.
 ANY_CONTENT_TYPE = ["*/*"]
-_domain: tuple[int, Auth0] | None = None
-
-
 def _auth0() -> Auth0:
-    """The Auth0 domain object over the process's services (rebuilt if they change)."""
-    global _domain
-    services = get_services()
-    with _lock:
-        if _domain is None or _domain[0] != id(services):
-            _domain = (id(services), Auth0(services))
-        return _domain[1]
+    """The Auth0 domain over the process's services."""
+    return get_services().auth0
 
 
 def _caller(action: str) -> tuple[Caller, str]:

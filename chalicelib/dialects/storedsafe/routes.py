@@ -27,7 +27,6 @@ from chalicelib.core.transparent import (
     TransitKey,
     TransparentService,
     b64decode_strict,
-    transparent_service,
     validate_name,
     validate_vault,
 )
@@ -115,7 +114,7 @@ def _begin(version: str, params: dict[str, str], *, level: str, action: str,
     name = params.get("name")
     if name is not None:
         validate_name(name)
-    core = transparent_service(services)
+    core = services.transparent
     caller = Caller(principal, request_id(request))
     core.authorize(caller, vault, level, action, name or "")
     return _Call(request, state, caller, core, services)
