@@ -17,14 +17,13 @@ from chalicelib.core.transparent import (
     _backup_vault,
     _parse_backup,
     _storable,
-    format_ciphertext,
     key_bits,
-    parse_ciphertext,
     validate_name,
     validate_vault,
     version_aad,
 )
 from chalicelib.errors import InvalidInput
+from chalicelib.formats.ciphertext import format_ciphertext, parse_ciphertext
 
 DATA = bytes(range(42))  # 12 nonce + 14 body + 16 tag: base64 without padding
 DATA_B64 = base64.b64encode(DATA).decode()

@@ -64,6 +64,14 @@ from chalicelib.errors import (
     StoreConditionFailed,
     StoreTransactionCancelled,
 )
+from chalicelib.formats.ciphertext import (
+    MAX_VERSION,
+    NONCE_BYTES,
+    TAG_BYTES,
+    b64decode_strict,
+    format_ciphertext,
+    parse_ciphertext,
+)
 from chalicelib.hsm import Hsm, WrappedKey
 from chalicelib.store import Put, Store, Update
 
@@ -74,9 +82,6 @@ KEY_TYPES: dict[str, int] = {"aes128-gcm96": 128, "aes256-gcm96": 256}
 DEFAULT_KEY_TYPE = "aes128-gcm96"
 DATAKEY_BITS = (128, 256, 512)
 DEFAULT_DATAKEY_BITS = 256
-NONCE_BYTES = 12
-TAG_BYTES = 16
-MAX_VERSION = 999_999_999
 MAX_INFO_CHARS = 1024
 CONFLICT_RETRIES = 64  # optimistic-concurrency attempts before a clear 409
 VERSION_CACHE_SIZE = 4096
@@ -94,7 +99,6 @@ LEVELS: dict[str, frozenset[str]] = {
 _VAULT_RE = re.compile(r"[0-9]{1,20}\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _OBJECTID_RE = re.compile(r"[0-9]{1,20}\Z")
-_CIPHERTEXT_RE = re.compile(r"storedsafe:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]*={0,2})\Z")
 
 
 class StoredRecordError(KeyfrontError):
@@ -135,41 +139,6 @@ def key_bits(key_type: object) -> int:
         raise InvalidInput(f"unsupported key type; supported: {', '.join(KEY_TYPES)}",
                            field="type")
     return bits
-
-
-def b64decode_strict(text: str) -> bytes:
-    """Canonical standard base64 (padded, no whitespace); ValueError (binascii.Error) otherwise.
-
-    Canonical means re-encoding gives the same text: excess padding or non-zero padding bits,
-    which the lenient decoder ignores, would let two strings name the same bytes.
-    """
-    data = base64.b64decode(text, validate=True)
-    if base64.b64encode(data).decode("ascii") != text:
-        raise ValueError("not canonical base64")
-    return data
-
-
-def format_ciphertext(version: int, data: bytes) -> str:
-    """storedsafe:v<N>:<base64(nonce || ciphertext || tag)>."""
-    return f"storedsafe:v{version}:{base64.b64encode(data).decode('ascii')}"
-
-
-def parse_ciphertext(text: object, field: str = "ciphertext") -> tuple[int, bytes]:
-    """(version, nonce || ciphertext || tag) of a ciphertext string; InvalidInput if malformed.
-
-    Strict: the exact prefix, a positive decimal version, canonical padded base64, and at least
-    a nonce and a tag's worth of bytes.
-    """
-    m = _CIPHERTEXT_RE.match(text) if isinstance(text, str) else None
-    if m is None:
-        raise InvalidInput(f"{field} is not of the form storedsafe:v<N>:<base64>", field=field)
-    try:
-        data = b64decode_strict(m.group(2))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{field} is not valid base64", field=field) from exc
-    if len(data) < NONCE_BYTES + TAG_BYTES:
-        raise InvalidInput(f"{field} is truncated", field=field)
-    return int(m.group(1)), data
 
 
 def origin_vault(origin: object) -> str:

@@ -13,8 +13,8 @@ from chalicelib.core.transparent import (
     DEFAULT_DATAKEY_BITS,
     DEFAULT_KEY_TYPE,
     MAX_INFO_CHARS,
-    MAX_VERSION,
 )
+from chalicelib.formats.ciphertext import MAX_VERSION
 
 MAX_TEXT_CHARS = 1024 * 1024  # the body limit bounds these anyway; a clear message is nicer
 

@@ -26,7 +26,6 @@ from chalicelib.core.tokens import Caller
 from chalicelib.core.transparent import (
     TransitKey,
     TransparentService,
-    b64decode_strict,
     validate_name,
     validate_vault,
 )
@@ -50,6 +49,7 @@ from chalicelib.dialects.storedsafe.models import (
     RewrapBody,
 )
 from chalicelib.errors import InvalidInput, KeyfrontError, LimitExceeded, NotFound, Unavailable
+from chalicelib.formats.ciphertext import b64decode_strict
 
 bp = Blueprint(__name__)
 PREFIX = "/api/{version}/transparent"
