@@ -36,23 +36,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _first_start_token() -> None:
-    """On the first start against a store, mint an all-rings admin token and show it once."""
+    """On the first start against a store, mint an all-rings admin token and show it once.
+
+    The token is minted (through the admin function's code, so it is audited) before the
+    first-start marker is written: a failed mint leaves no marker behind, and a second
+    process that loses the race for the marker revokes its own token.
+    """
     from chalicelib.core.services import get_services
-    from chalicelib.core.tokens import Scope
     from chalicelib.errors import StoreConditionFailed
 
+    marker = {"pk": "meta", "sk": "first-start-token"}
     svc = get_services()
-    try:
-        svc.store.put_if_absent({"pk": "meta", "sk": "first-start-token"})
-    except StoreConditionFailed:
+    if svc.store.get(marker["pk"], marker["sk"]) is not None:
         return
-    scopes = [Scope(kind, "*", perms) for kind, perms in PERMISSIONS.items()]
-    raw, record = svc.tokens.create("local-admin", scopes, ttl_seconds=365 * 24 * 3600)
+    result = _admin({"action": "create-token", "principal": "local-admin",
+                     "ttl_seconds": 365 * 24 * 3600,
+                     "scopes": [{"kind": kind, "ring": "*", "perms": sorted(perms)}
+                                for kind, perms in PERMISSIONS.items()]})
+    if not result.get("ok"):
+        print(f"could not mint the first-start admin token: {result.get('message')}",
+              flush=True)
+        return
+    token_id = result["record"]["token_id"]
+    try:
+        svc.store.put_if_absent({**marker, "token_id": token_id})
+    except StoreConditionFailed:
+        _admin({"action": "revoke-token", "token_id": token_id})
+        return
     print("=" * 72)
     print("First start: an admin token for every key ring (shown once, store it now):")
-    print(f"  {raw}")
-    print(f"  token_id {record['token_id']}; revoke with: keyfront token revoke "
-          f"{record['token_id']}")
+    print(f"  {result['token']}")
+    print(f"  token_id {token_id}; revoke with: keyfront token revoke {token_id}")
     print("=" * 72, flush=True)
 
 

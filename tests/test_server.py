@@ -123,6 +123,17 @@ def test_server_restart_keeps_tokens_and_data(tmp_path):
         assert second.services.tokens.authenticate(token).name == "tester"
         assert second.client().get("/health").status == 200
         assert "First start" not in second.log_path.read_text()
+        # the token printed on the first start works, was audited, and is the only one
+        import re
+
+        printed = re.search(r"^\s+(kf_\S+)$", first.log_tail(), re.M)
+        assert printed is not None
+        admin = second.services.tokens.authenticate(printed.group(1))
+        assert admin.name == "local-admin" and admin.can("storedsafe", "any", "admin")
+        admins = [t for t in second.services.tokens.list() if t["principal"] == "local-admin"]
+        assert [t["token_id"] for t in admins] == [admin.token_id]
+        assert second.services.audit.find(action="token.create",
+                                          obj=f"token/{admin.token_id}")
     finally:
         second.stop()
 
