@@ -39,6 +39,9 @@ class Settings:
     def from_env(cls) -> Settings:
         """Build settings from KEYFRONT_* environment variables."""
         d = cls()
+        pin_secret_arn = os.environ.get("KEYFRONT_PIN_SECRET_ARN") or None
+        # the dev PIN applies only when no PIN secret is configured
+        pin = os.environ.get("KEYFRONT_PIN") or (None if pin_secret_arn else d.pin)
         return cls(
             store_backend=_env("KEYFRONT_STORE", d.store_backend),
             sqlite_path=_env("KEYFRONT_SQLITE_PATH", d.sqlite_path),
@@ -47,9 +50,8 @@ class Settings:
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", d.aws_region)),
             pkcs11_module=_env("KEYFRONT_PKCS11_MODULE", d.pkcs11_module),
             token_label=_env("KEYFRONT_TOKEN_LABEL", d.token_label),
-            pin=os.environ.get("KEYFRONT_PIN", d.pin if not os.environ.get(
-                "KEYFRONT_PIN_SECRET_ARN") else None) or None,
-            pin_secret_arn=os.environ.get("KEYFRONT_PIN_SECRET_ARN") or None,
+            pin=pin,
+            pin_secret_arn=pin_secret_arn,
             kek_label_prefix=_env("KEYFRONT_KEK_LABEL_PREFIX", d.kek_label_prefix),
             kek_version=int(_env("KEYFRONT_KEK_VERSION", str(d.kek_version))),
             bind_key_label_prefix=_env("KEYFRONT_BIND_KEY_LABEL_PREFIX",
