@@ -50,11 +50,15 @@ class _Curve:
     bits: int
     params_der: bytes  # CKA_EC_PARAMS: DER OBJECT IDENTIFIER of the named curve
     crypto: type[ec.EllipticCurve]
+    order: int  # n, the order of the base point (ECDSA r and s lie in [1, n-1])
 
 
 _CURVES = {
-    "P-256": _Curve("P-256", 256, bytes.fromhex("06082a8648ce3d030107"), ec.SECP256R1),
-    "P-384": _Curve("P-384", 384, bytes.fromhex("06052b81040022"), ec.SECP384R1),
+    "P-256": _Curve("P-256", 256, bytes.fromhex("06082a8648ce3d030107"), ec.SECP256R1,
+                    0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551),
+    "P-384": _Curve("P-384", 384, bytes.fromhex("06052b81040022"), ec.SECP384R1,
+                    int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+                        "C7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16)),
 }
 
 
@@ -167,6 +171,94 @@ def _ec_point(raw: bytes, curve: _Curve) -> bytes:
     if start + length != len(raw):
         raise ValueError("CKA_EC_POINT has trailing data")
     return raw[start:]
+
+
+def _der_read_len(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(length, offset of the content) of the DER length at data[pos]; None unless minimal.
+
+    Strict: definite form only, long form only for lengths >= 128, no leading zero byte.
+    """
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    n = first & 0x7F
+    if n == 0 or n > 2 or pos + 1 + n > len(data):
+        return None  # 0x80 is BER's indefinite form; > 64 KiB is no ECDSA signature
+    length = int.from_bytes(data[pos + 1:pos + 1 + n], "big")
+    if length < 0x80 or data[pos + 1] == 0:
+        return None  # would have fitted a shorter form
+    return length, pos + 1 + n
+
+
+def _der_read_uint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(value, offset after it) of a non-negative, minimally encoded DER INTEGER at data[pos]."""
+    if pos >= len(data) or data[pos] != 0x02:
+        return None
+    header = _der_read_len(data, pos + 1)
+    if header is None:
+        return None
+    length, start = header
+    end = start + length
+    if length == 0 or end > len(data):
+        return None
+    content = data[start:end]
+    if content[0] & 0x80:
+        return None  # negative
+    if length > 1 and content[0] == 0 and not content[1] & 0x80:
+        return None  # superfluous leading zero
+    return int.from_bytes(content, "big"), end
+
+
+def _ecdsa_der_rs(sig: bytes) -> tuple[int, int] | None:
+    """(r, s) of a strictly DER-encoded X9.62 Ecdsa-Sig-Value; None for anything else.
+
+    BER variants (long or indefinite lengths, padded integers), other tags, negative
+    integers, missing or extra elements and trailing bytes are all refused: a verifier that
+    accepts several encodings of one signature makes signatures malleable.
+    """
+    if len(sig) < 2 or sig[0] != 0x30:
+        return None
+    header = _der_read_len(sig, 1)
+    if header is None or header[0] + header[1] != len(sig):
+        return None
+    r_item = _der_read_uint(sig, header[1])
+    if r_item is None:
+        return None
+    s_item = _der_read_uint(sig, r_item[1])
+    if s_item is None or s_item[1] != len(sig):
+        return None
+    return r_item[0], s_item[0]
+
+
+def _public_key(public_der: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """A SubjectPublicKeyInfo DER parsed (strictly, by cryptography) into an RSA or EC key."""
+    public_der = _as_bytes(public_der, "public_key")
+    try:
+        public = serialization.load_der_public_key(public_der)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise errors.InvalidInput("the public key cannot be parsed", field="public_key") \
+            from exc
+    if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise errors.InvalidInput("only RSA and EC public keys are supported",
+                                  field="public_key")
+    return public
+
+
+def _verify_template(key_type: KeyType, values: dict[Attribute, Any]) -> dict[Attribute, Any]:
+    """Template of a session public-key object that can verify and do nothing else."""
+    return {
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.KEY_TYPE: key_type,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: False,
+        Attribute.VERIFY: True,
+        Attribute.ENCRYPT: False,
+        Attribute.WRAP: False,
+        Attribute.DERIVE: False,
+        **values,
+    }
 
 
 def _spki(public: Any) -> bytes:
@@ -415,6 +507,100 @@ class Hsm:
             return self._ecdsa_sign_digest(key, context, hashlib.new(h.name, data).digest())
         return self._rsa_sign(key, context, data, h, pss_salt=h.size if pad == "pss" else None,
                               mgf=h.mgf, prehashed=False)
+
+    def verify(self, public_der: bytes, data: bytes, signature: bytes, scheme: SignScheme, *,
+               ecdsa_encoding: str = "der") -> bool:
+        """Verify a signature in the HSM with a public key given as SubjectPublicKeyInfo DER.
+
+        Schemes as for sign: RSA PKCS#1 v1.5 or PSS (salt = hash length, MGF1 same hash);
+        ECDSA on P-256/P-384 with the data hashed here. ECDSA signatures are strict DER
+        (X9.62 Ecdsa-Sig-Value) or, with ecdsa_encoding="raw", r||s (IEEE P1363, the form
+        sign returns) of exactly twice the field size. Returns False for a signature that
+        does not verify or is malformed; raises errors.InvalidInput for an unusable public key
+        or a scheme that does not fit it.
+        """
+        spec = _SCHEMES.get(scheme) if isinstance(scheme, SignScheme) else None
+        if spec is None:
+            raise errors.InvalidInput("unknown signature scheme", field="scheme")
+        if ecdsa_encoding not in ("der", "raw"):
+            raise errors.InvalidInput('ECDSA signatures are "der" or "raw"',
+                                      field="ecdsa_encoding")
+        kind, pad, hash_name = spec
+        h = _HASHES[hash_name]
+        data = _as_bytes(data, "data")
+        signature = _as_bytes(signature, "signature")
+        public = _public_key(public_der)
+        if kind != ("ec" if isinstance(public, ec.EllipticCurvePublicKey) else "rsa"):
+            raise errors.InvalidInput(f"scheme {scheme.value} needs an {kind.upper()} key",
+                                      field="scheme")
+        param: tuple[Mechanism, MGF, int] | None = None
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            curve = next((c for c in _CURVES.values() if c.crypto.name == public.curve.name),
+                         None)
+            if curve is None:
+                raise errors.InvalidInput("EC public keys are on P-256 or P-384",
+                                          field="public_key")
+            point = public.public_bytes(serialization.Encoding.X962,
+                                        serialization.PublicFormat.UncompressedPoint)
+            # CKA_EC_POINT is a DER OCTET STRING; P-256/P-384 points are < 128 bytes
+            template = _verify_template(KeyType.EC, {
+                Attribute.EC_PARAMS: curve.params_der,
+                Attribute.EC_POINT: bytes([0x04, len(point)]) + point,
+            })
+            size = (curve.bits + 7) // 8
+            if ecdsa_encoding == "raw":
+                rs = None if len(signature) != 2 * size else (
+                    int.from_bytes(signature[:size], "big"),
+                    int.from_bytes(signature[size:], "big"))
+            else:
+                rs = _ecdsa_der_rs(signature)
+            # X9.62: r and s in [1, n-1]; checked here as well so that nothing out of range
+            # reaches the module (and so that r||s always fits 2 * size bytes)
+            if rs is None or not all(0 < v < curve.order for v in rs):
+                return False
+            mech = Mechanism.ECDSA
+            # SoftHSM has no CKM_ECDSA_SHAxxx: hash here, verify the digest (as sign does)
+            payload = hashlib.new(h.name, data).digest()
+            signature = rs[0].to_bytes(size, "big") + rs[1].to_bytes(size, "big")
+        else:
+            bits = public.key_size
+            if not RSA_IMPORT_BITS[0] <= bits <= RSA_IMPORT_BITS[1]:
+                raise errors.InvalidInput("RSA public keys from 1024 to 8192 bits are supported",
+                                          field="public_key")
+            nums = public.public_numbers()
+            template = _verify_template(KeyType.RSA, {
+                Attribute.MODULUS: nums.n.to_bytes((bits + 7) // 8, "big"),
+                Attribute.PUBLIC_EXPONENT: nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big"),
+            })
+            payload = data
+            if pad == "pss":
+                if (bits + 6) // 8 < 2 * h.size + 2:  # RFC 8017 9.1.1 emLen bound, salt = hLen
+                    raise errors.InvalidInput(f"an RSA-{bits} key is too small for PSS with "
+                                              f"{h.name.upper()}", field="scheme")
+                mech = h.rsa_pss
+                # explicit parameters: python-pkcs11's PSS defaults are SHA-1
+                param = (h.mech, h.mgf, h.size)
+            else:
+                mech = h.rsa_pkcs
+
+        def op(state: SessionState) -> bool:
+            try:
+                obj = state.session.create_object(template)
+            except (p11e.AttributeValueInvalid, p11e.TemplateInconsistent,
+                    p11e.TemplateIncomplete) as exc:
+                raise errors.InvalidInput("the HSM does not accept this public key",
+                                          field="public_key") from exc
+            try:
+                # python-pkcs11 maps CKR_SIGNATURE_INVALID / _LEN_RANGE to False
+                return bool(obj.verify(payload, signature, mechanism=mech,
+                                       mechanism_param=param))
+            finally:
+                try:
+                    obj.destroy()  # a throw-away session object; do not let them pile up
+                except p11e.PKCS11Error:
+                    pass
+
+        return self._ts.run(op)
 
     def encrypt_gcm(self, key: WrappedKey, context: str, plaintext: bytes,
                     aad: bytes = b"") -> bytes:
