@@ -320,7 +320,7 @@ def serve_profiled(mode: str, port: int, report: Path) -> None:
     from chalicelib import local_server
     from chalicelib.core.audit import AuditLog
     from chalicelib.core.tokens import TokenService
-    from chalicelib.core.transparent import TransparentService
+    from chalicelib.core.transit import TransitKeys
     from chalicelib.dialects.storedsafe import envelope
     from chalicelib.hsm import Hsm
 
@@ -350,8 +350,8 @@ def serve_profiled(mode: str, port: int, report: Path) -> None:
                 (ChaliceRequestHandler, "do_POST", "handle"),
                 (LocalGateway, "handle_request", "gateway"),
                 (TokenService, "authenticate", "auth"),
-                (TransparentService, "_find", "find"),
-                (TransparentService, "_version_key", "version"),
+                (TransitKeys, "_find", "find"),
+                (TransitKeys, "_version_key", "version"),
                 (Hsm, "encrypt_gcm", "hsm"),
                 (AuditLog, "record", "audit"),
                 (envelope, "success", "envelope")):

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from chalicelib.config import Settings
-from chalicelib.core.permissions import PERMISSIONS
+from chalicelib.core.kinds import PERMISSIONS
 
 
 def _print(obj: Any, as_json: bool) -> None:

@@ -14,6 +14,10 @@ def _env(name: str, default: str) -> str:
     return value if value not in (None, "") else default
 
 
+def _int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable; `from_env()` reads it, defaults are the local dev setup."""
@@ -34,6 +38,17 @@ class Settings:
     wrap_mechanism: str = "AES_KEY_WRAP_PAD"
 
     max_plaintext_bytes: int = 64 * 1024
+
+    # The one bound on optimistic-transaction attempts before a clear "busy, retry" conflict.
+    retry_attempts: int = 32
+    # Limits a shared service needs beyond any vendor's: per-ring caps and a rate limit on
+    # expensive generation (RSA key pairs, certificates) per token, in a fixed window.
+    max_keys_per_ring: int = 10_000
+    max_versions_per_key: int = 2_000
+    generation_rate: int = 60  # expensive generations per token per window
+    generation_window_seconds: int = 60
+    # The ring an all-rings token works on where a dialect needs exactly one ring.
+    default_ring: str = "default"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,6 +72,14 @@ class Settings:
             bind_key_label_prefix=_env("KEYFRONT_BIND_KEY_LABEL_PREFIX",
                                        d.bind_key_label_prefix),
             wrap_mechanism=_env("KEYFRONT_WRAP_MECHANISM", d.wrap_mechanism),
-            max_plaintext_bytes=int(_env("KEYFRONT_MAX_PLAINTEXT_BYTES",
-                                         str(d.max_plaintext_bytes))),
+            max_plaintext_bytes=_int("KEYFRONT_MAX_PLAINTEXT_BYTES", d.max_plaintext_bytes),
+            retry_attempts=_int("KEYFRONT_RETRY_ATTEMPTS", d.retry_attempts),
+            max_keys_per_ring=_int("KEYFRONT_MAX_KEYS_PER_RING", d.max_keys_per_ring),
+            max_versions_per_key=_int("KEYFRONT_MAX_VERSIONS_PER_KEY", d.max_versions_per_key),
+            generation_rate=_int("KEYFRONT_GENERATION_RATE", d.generation_rate),
+            generation_window_seconds=_int("KEYFRONT_GENERATION_WINDOW_SECONDS",
+                                           d.generation_window_seconds),
+            # KEYFRONT_AUTH0_DEFAULT_TENANT is the name earlier releases documented
+            default_ring=_env("KEYFRONT_DEFAULT_RING",
+                              _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
         )

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 
 class KeyfrontError(Exception):
-    """Base of every expected error; `status` is the default HTTP status."""
+    """Base of every expected error; `status` is the default HTTP status.
+
+    `reason` is a neutral, machine-readable word for what went wrong ("key_not_found",
+    "export_not_allowed", ...): dialects turn it into their vendor's wording and error code;
+    `params` are the safe values that wording may name (ring, key name, version).
+    """
 
     status = 400
     code = "error"
 
-    def __init__(self, message: str = "", **details: object) -> None:
+    def __init__(self, message: str = "", *, reason: str | None = None,
+                 **params: object) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
         self.message = message or (self.__class__.__doc__ or self.code).strip()
-        self.details = details
+        self.reason = reason or self.code
+        self.params = params
 
 
 class InvalidInput(KeyfrontError):
@@ -26,8 +33,8 @@ class InvalidInput(KeyfrontError):
     code = "invalid_input"
 
     def __init__(self, message: str = "", *, field: str | None = None,
-                 fields: dict[str, str] | None = None) -> None:
-        super().__init__(message)
+                 fields: dict[str, str] | None = None, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.field = field
         # field name -> message, for vendors that report validation errors per field
         self.fields = dict(fields or ({field: message} if field else {}))
@@ -46,8 +53,9 @@ class Forbidden(KeyfrontError):
     status = 403
     code = "forbidden"
 
-    def __init__(self, message: str = "", *, needed: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "", *, needed: tuple[str, ...] = (),
+                 reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.needed = needed
 
 
@@ -79,6 +87,13 @@ class LimitExceeded(KeyfrontError):
     code = "limit_exceeded"
 
 
+class TooManyRequests(KeyfrontError):
+    """A rate limit was reached; the caller may try again later."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class IntegrityError(KeyfrontError):
     """Stored or supplied protected data failed its integrity check."""
 
@@ -92,6 +107,19 @@ class BindingError(IntegrityError):
     Raised by the HSM layer for the blob itself, as opposed to a GCM tag failure of the data
     given to it, so that callers can tell their own stored record from a client's input.
     """
+
+
+class MisplacedRecord(KeyfrontError):
+    """One of our own stored records is not what its place says: moved, copied, edited or
+    corrupted. Never the client's fault: `detail` goes to the log only, the client gets a
+    generic 500 (and the record is left out of lists)."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("internal error", reason="misplaced_record")
+        self.detail = detail
 
 
 class Unavailable(KeyfrontError):
@@ -113,7 +141,7 @@ class StoreTransactionCancelled(Conflict):
     code = "transaction_cancelled"
 
     def __init__(self, reasons: list[str | None]) -> None:
-        super().__init__("transaction cancelled")
+        super().__init__("transaction cancelled", reason="transaction_cancelled")
         self.reasons = reasons
 
     @property

@@ -9,6 +9,7 @@ from cryptography import x509
 
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.auth0 import Auth0, tenant_of, tenant_ring
+from chalicelib.core.limits import GenerationRate
 from chalicelib.core.services import Services
 from chalicelib.core.signing_keys import KEY_SK_PREFIX, RING_SK, check_state
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
@@ -18,7 +19,8 @@ from chalicelib.formats.x509cert import load_pem
 
 @pytest.fixture
 def auth0(settings, hsm, store):
-    return Auth0(Services(settings, store, hsm, TokenService(store), AuditLog(store)))
+    return Auth0(Services(settings, store, hsm, TokenService(store), AuditLog(store),
+                          GenerationRate(store, settings)))
 
 
 def _caller(*scopes: str) -> Caller:

@@ -12,6 +12,7 @@ import pytest
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.auth0 import Auth0, connection_ring, tenant_ring
 from chalicelib.core.connections import ConnectionNotFound
+from chalicelib.core.limits import GenerationRate
 from chalicelib.core.services import Services
 from chalicelib.core.signing_keys import KEY_SK_PREFIX, KeyNotFound
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
@@ -101,7 +102,8 @@ def test_a_connection_item_under_another_id_is_not_readable(sqlite_server):
 
 @pytest.fixture
 def auth0(settings, hsm, store):
-    return Auth0(Services(settings, store, hsm, TokenService(store), AuditLog(store)))
+    return Auth0(Services(settings, store, hsm, TokenService(store), AuditLog(store),
+                          GenerationRate(store, settings)))
 
 
 def _caller(*scopes: str) -> Caller:

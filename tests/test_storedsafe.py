@@ -8,7 +8,7 @@ import re
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chalicelib.core.transparent import version_aad
+from chalicelib.core.transit import version_aad
 from tests.storedsafe_support import SS, assert_fail, assert_success, b64, new_vault
 
 CT_RE = re.compile(r"storedsafe:v([1-9][0-9]*):([A-Za-z0-9+/]+={0,2})\Z")
@@ -250,7 +250,7 @@ def test_export_needs_admin_and_allow_export(live_server):
     vault = new_vault()
     admin = SS(live_server, vault)
     writer = SS(live_server, vault, "read,write")
-    ci = assert_success(admin.create("k", type="aes256-gcm96"), 201)
+    ci = assert_success(admin.create("k", type="aes256-gcm96", allow_export=True), 201)
     cts = {1: admin.ok_encrypt("k", b"first")}
     assert_success(admin.rotate("k"), 201)
     cts[2] = admin.ok_encrypt("k", b"second")
@@ -266,7 +266,8 @@ def test_export_needs_admin_and_allow_export(live_server):
         raw = base64.b64decode(keys["keys"][str(n)])
         assert len(raw) == 32
         data = base64.b64decode(cts[n].split(":", 2)[2])
-        assert AESGCM(raw).decrypt(data[:12], data[12:], version_aad(origin, n)) == plaintext
+        aad = version_aad("storedsafe", origin, n)
+        assert AESGCM(raw).decrypt(data[:12], data[12:], aad) == plaintext
     # one version
     r = admin.export("k", 1)
     assert_success(r, 200)
@@ -283,7 +284,7 @@ def test_backup_and_restore(live_server):
     vault, other_vault = new_vault(), new_vault()
     admin = SS(live_server, vault)
     writer = SS(live_server, vault, "read,write")
-    assert_success(admin.create("k", info="orig"), 201)
+    assert_success(admin.create("k", info="orig", allow_export=True), 201)
     cts = {1: admin.ok_encrypt("k", b"one")}
     assert_success(admin.rotate("k"), 201)
     cts[2] = admin.ok_encrypt("k", b"two")
@@ -359,3 +360,23 @@ def test_backup_needs_allow_backup(live_server):
     assert_success(ss.create("k", allow_backup=False), 201)
     assert_fail(ss.backup("k"), 400)
     assert_fail(ss.backup("missing"), 404)
+
+
+def test_restore_accepts_bodies_beyond_the_general_limit_and_trim(live_server):
+    """What backup produces restore must accept: its body limit is the largest backup's."""
+    ss = SS(live_server)
+    big = b64(b"\x00" * 1024 * 1024)  # 1.33 MiB of base64: more than the general 1 MiB
+    body = assert_fail(ss.restore("k", big), 400)
+    assert "not a valid key backup" in body["ERRORS"][0]
+    # trim (beyond the vendor, as Vault's): Admin, versions below min_decryption_version
+    assert_success(ss.create("t"), 201)
+    old = ss.ok_encrypt("t", b"old")
+    assert_success(ss.rotate("t"), 201)
+    writer = SS(live_server, ss.vault, "read,write")
+    assert_fail(writer.call("POST", f"/{ss.vault}/keys/t/trim", {}), 403, token=writer.token)
+    assert_fail(ss.call("POST", f"/{ss.vault}/keys/t/trim", {"min_available_version": 2}), 400)
+    assert_success(ss.config("t", min_decryption_version=2), 200)
+    r = ss.call("POST", f"/{ss.vault}/keys/t/trim", {})
+    assert assert_success(r, 200)["min_available_version"] == "2"
+    assert_fail(ss.decrypt("t", old), 400)
+    assert_fail(ss.call("POST", f"/{ss.vault}/keys/missing/trim", {}), 404)

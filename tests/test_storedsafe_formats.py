@@ -8,23 +8,32 @@ import json
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chalicelib.core.transparent import (
-    LEVELS,
-    StoredRecordError,
-    TransitKey,
-    TransparentService,
-    _backup_digest,
-    _backup_vault,
-    _parse_backup,
-    _storable,
-    key_bits,
-    validate_name,
-    validate_vault,
-    version_aad,
-)
-from chalicelib.errors import InvalidInput
+from chalicelib.core import transit
+from chalicelib.core.access import check
+from chalicelib.core.audit import _safe_details
+from chalicelib.core.kinds import KINDS, TRANSIT
+from chalicelib.core.transit import TransitKey, TransitKeys, key_bits
+from chalicelib.dialects.storedsafe.models import validate_name, validate_vault
+from chalicelib.errors import InvalidInput, MisplacedRecord
 from chalicelib.formats.ciphertext import format_ciphertext, parse_ciphertext
 
+KIND = KINDS[TRANSIT]
+StoredRecordError = MisplacedRecord
+
+
+def version_aad(origin: str, n: int) -> bytes:
+    return transit.version_aad(TRANSIT, origin, n)
+
+
+def _parse_backup(text: str):
+    return transit._parse_backup(TRANSIT, text)
+
+
+def _backup_digest(meta: dict) -> str:
+    return transit._backup_digest(TRANSIT, meta)
+
+
+_backup_vault = transit._backup_ring
 DATA = bytes(range(42))  # 12 nonce + 14 body + 16 tag: base64 without padding
 DATA_B64 = base64.b64encode(DATA).decode()
 
@@ -85,7 +94,10 @@ def test_names_vaults_types_and_levels():
     for bad in ("aes128-ofb", "rsa-2048", "", None):
         with pytest.raises(InvalidInput):
             key_bits(bad)
-    assert LEVELS["read"] >= LEVELS["write"] >= LEVELS["admin"] == {"admin"}
+    # the vendor's levels are hierarchical: admin implies write implies read
+    assert KIND.effective(frozenset({"admin"})) == {"read", "write", "admin"}
+    assert KIND.effective(frozenset({"write"})) == {"read", "write"}
+    assert KIND.effective(frozenset({"read"})) == {"read"}
 
 
 def _backup(meta: dict, versions: list) -> str:
@@ -144,14 +156,14 @@ def test_backup_v2_names_its_vault_and_the_digest_binds_it():
     assert _backup_vault(META) == "1"  # v1: the origin's vault stands for it
     assert _backup_digest({**META_V2, "vault": "2"}) != _backup_digest(META_V2)
     assert _backup_digest(META_V2) != _backup_digest(META)
+    # (the vault id and key name formats are the dialect's: a backup naming another vault is
+    # refused by restore, see test_storedsafe_security)
     for bad in (
         _v2(META, one),  # v2 without its vault
-        _v2({**META_V2, "vault": "x1"}, one),
         _v2({**META_V2, "vault": 1}, one),
         _backup(META_V2, one),  # a vault in v1 metadata
         _v2({**META_V2, "origin": "1/k"}, one),
         _v2({**META_V2, "origin": "1/k/1/2"}, one),
-        _v2({**META_V2, "origin": "1/.k/1"}, one),
         base64.b64encode(json.dumps({"format": "keyfront-storedsafe-backup", "v": True,
                                      "key": META, "versions": one}).encode()).decode(),
         base64.b64encode(json.dumps({"format": "keyfront-storedsafe-backup", "v": 3,
@@ -175,12 +187,12 @@ ITEM = {"pk": "ss#7", "sk": "key#k1", "name": "k1", "type": "aes128-gcm96",
 
 
 def test_a_key_record_is_read_from_where_it_is_found():
-    key = TransitKey.from_item("7", ITEM)
-    assert (key.vault, key.name, key.objectid, key.item_version) == ("7", "k1", "123456789012", 3)
+    key = TransitKey.from_item(KIND, "7", ITEM)
+    assert (key.ring, key.name, key.objectid, key.item_version) == ("7", "k1", "123456789012", 3)
     assert key.context(2) == "storedsafe/7/k1/123456789012/2"
     assert key.versions_pk == "ss#7#k1#123456789012"
     # a restored key: its origin is another key of the same vault
-    restored = TransitKey.from_item("7", {**ITEM, "origin": "7/other/999"})
+    restored = TransitKey.from_item(KIND, "7", {**ITEM, "origin": "7/other/999"})
     assert restored.origin == "7/other/999" and restored.context(1).startswith("storedsafe/7/k1/")
     for bad in (
         {**ITEM, "sk": "key#moved"},  # a copy at another name: its own name disagrees
@@ -195,16 +207,17 @@ def test_a_key_record_is_read_from_where_it_is_found():
         {k: v for k, v in ITEM.items() if k != "origin"},
     ):
         with pytest.raises(StoredRecordError) as e:
-            TransitKey.from_item("7", bad)
+            TransitKey.from_item(KIND, "7", bad)
         assert e.value.status == 500 and e.value.message == "internal error"
     with pytest.raises(StoredRecordError):
-        TransitKey.from_item("8", ITEM)
+        TransitKey.from_item(KIND, "8", ITEM)
 
 
 def test_audit_details_the_store_cannot_hold_are_dropped():
-    assert _storable({"bits": 10**40, "key_version": 2, "type": "x" * 1000, "count": -(10**38),
-                      "name": "k", "flag": True, "none": None, "float": 1.5}) == \
-        {"key_version": 2, "name": "k", "flag": True, "none": None}
+    assert _safe_details({"bits": 10**40, "key_version": 2, "type": "x" * 1000,
+                          "count": -(10**38), "name": "k", "slot": True, "kid": None,
+                          "algorithm": 1.5, "plaintext": "p"}) == \
+        {"key_version": 2, "name": "k", "slot": True, "kid": None}
 
 
 def test_every_failure_is_audited_even_an_unexpected_one(sqlite_store, hsm, settings):
@@ -212,19 +225,20 @@ def test_every_failure_is_audited_even_an_unexpected_one(sqlite_store, hsm, sett
     from chalicelib.core.tokens import Caller, Principal, Scope
 
     audit = AuditLog(sqlite_store)
-    core = TransparentService(sqlite_store, hsm, audit, settings)
+    core = TransitKeys(KIND, sqlite_store, hsm, audit, settings)
     caller = Caller(Principal("tid", "tester", (Scope.parse("storedsafe:5:read,write,admin"),),
                               2**40), "rid-1")
-    core.create_key(caller, "5", "k")
+    core.create_key(check(caller, KIND, "5", "storedsafe.key.create"), "k")
+    grant = check(caller, KIND, "5", "storedsafe.datakey", "plaintext")
 
     def boom(n: int) -> bytes:
         raise RuntimeError("unexpected")
 
     core._hsm = type("H", (), {"random_bytes": staticmethod(boom)})()
     with pytest.raises(RuntimeError):
-        core.datakey(caller, "5", "k", bits=256, with_plaintext=True)
+        core.datakey(grant, "k", bits=256)
     with pytest.raises(InvalidInput):
-        core.datakey(caller, "5", "k", bits=10**40, with_plaintext=True)
+        core.datakey(grant, "k", bits=10**40)
     recs = audit.find(action="storedsafe.datakey", obj="storedsafe/5/k")
     assert [(r["outcome"], r["details"]) for r in recs] == [
         ("failure", {"reason": "internal_error", "bits": 256, "type": "plaintext"}),

@@ -9,7 +9,7 @@ import base64
 import json
 from typing import Any
 
-from chalicelib.core.transparent import _backup_context, _backup_digest
+from chalicelib.core.transit import _backup_context, _backup_digest
 from chalicelib.hsm import WrappedKey
 from tests.storedsafe_support import API, SS, assert_fail, assert_success, b64, new_vault
 
@@ -73,7 +73,7 @@ def test_a_backup_restores_only_into_the_vault_it_was_taken_from(live_server):
     rec = _audited(live_server, "storedsafe.key.restore", f"storedsafe/{b}/copy")
     assert rec["details"]["reason"] == "invalid_input"
     doc = json.loads(base64.b64decode(backup))
-    assert doc["v"] == 2 and doc["key"]["vault"] == a  # the source vault travels, bound
+    assert doc["v"] == 3 and doc["key"]["vault"] == a  # the source vault travels, bound
 
     # editing the vault (and origin) to the target breaks the backup's binding
     moved = json.loads(json.dumps(doc))
@@ -112,14 +112,16 @@ def test_an_old_format_backup_restores_only_into_its_origin_vault(live_server):
     # what this service wrote before the source vault was bound: v1, no "vault" (the origin's
     # vault is covered by the digest all the same)
     hsm = live_server.services.hsm
-    meta_v1 = {k: v for k, v in doc["key"].items() if k != "vault"}
-    old, new = _backup_digest(doc["key"]), _backup_digest(meta_v1)
+    meta_v1 = {k: v for k, v in doc["key"].items()
+               if k not in ("vault", "min_available_version")}
+    old, new = _backup_digest("storedsafe", doc["key"]), _backup_digest("storedsafe", meta_v1)
     assert old != new
     for entry in doc["versions"]:
         n, w = entry["key_version"], entry["wrapped"]
         wrapped = WrappedKey.from_dict({**w, **{k: base64.b64decode(w[k])
                                                 for k in ("blob", "tag")}})
-        moved = hsm.rebind(wrapped, _backup_context(old, n), _backup_context(new, n))
+        moved = hsm.rebind(wrapped, _backup_context("storedsafe", old, n),
+                           _backup_context("storedsafe", new, n))
         entry["wrapped"] = {**w, "context": moved.context, "tag": b64(moved.tag)}
     v1 = _enc({**doc, "v": 1, "key": meta_v1})
     assert_fail(other.restore("k", v1), 400, token=other.token)
@@ -239,7 +241,8 @@ def test_failures_with_unstorable_details_are_still_audited(live_server):
 
 def test_a_tampered_stored_blob_is_a_generic_500_not_a_ciphertext_error(live_server):
     ss = SS(live_server)
-    assert_success(ss.create("k"), 201)  # v1 is written, never read from the store yet
+    # v1 is written, never read from the store yet
+    assert_success(ss.create("k", allow_export=True), 201)
     assert_success(ss.rotate("k"), 201)  # v2 too
     objectid = ss.key("k")["objectid"]
     store = live_server.services.store

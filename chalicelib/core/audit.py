@@ -6,20 +6,59 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.core.tokens import Caller
-from chalicelib.store import Page, Store
+from chalicelib.errors import Forbidden, KeyfrontError, MisplacedRecord
+from chalicelib.store import Op, Page, Put, Store
 
 log = logging.getLogger("keyfront.audit")
 
 # Only these detail keys are recorded: an allow-list keeps secrets out by construction.
-SAFE_DETAIL_KEYS = frozenset({
+# Domains extend it by declaration (`allow_details`), never per call.
+SAFE_DETAIL_KEYS: set[str] = {
     "key_version", "to_version", "from_version", "kid", "algorithm", "type", "slot",
-    "bits", "reason", "count", "strategy", "name", "ring_kind",
-})
+    "bits", "reason", "count", "name", "ring_kind",
+}
+MAX_DETAIL_TEXT = 256  # longest string detail kept: a bad value never costs the record
+MAX_OBJECT_CHARS = 512  # audit object names carry client-chosen ids
+
+
+def allow_details(*keys: str) -> None:
+    """Declare more detail keys safe to record (a domain's own, never secrets)."""
+    SAFE_DETAIL_KEYS.update(keys)
+
+
+def _safe_details(details: dict[str, Any]) -> dict[str, Any]:
+    """The allowed details the store can hold: out-of-range integers, long strings and other
+    types are dropped."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if k not in SAFE_DETAIL_KEYS:
+            continue
+        if v is None or isinstance(v, bool) \
+                or (isinstance(v, int) and -(10**38) < v < 10**38) \
+                or (isinstance(v, str) and len(v) <= MAX_DETAIL_TEXT and _utf8(v)):
+            out[k] = v
+    return out
+
+
+def _utf8(text: str) -> bool:
+    return text.isascii() or _escape(text) == text
+
+
+def _escape(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def object_name(name: str) -> str:
+    """An audit object name that can always be written: cut to MAX_OBJECT_CHARS, anything
+    that is not valid UTF-8 (a lone surrogate from a client's id) escaped."""
+    name = name[:MAX_OBJECT_CHARS]
+    return name if name.isascii() else _escape(name)
 
 
 # The record fields repeated in the log line.
@@ -53,6 +92,16 @@ class AuditLog:
                *, request_id: str | None = None, principal: str | None = None,
                **details: Any) -> dict[str, Any]:
         """Write one record: time, principal, action, object, outcome, request id."""
+        item = self.item(caller, action, obj, outcome, request_id=request_id,
+                         principal=principal, **details)
+        self._store.put_if_absent(item)
+        self.logged(item)
+        return item
+
+    def item(self, caller: Caller | None, action: str, obj: str, outcome: str = "success",
+             *, request_id: str | None = None, principal: str | None = None,
+             **details: Any) -> dict[str, Any]:
+        """The record as a store item, not yet written (for a transaction of its own)."""
         now = self._clock()
         day, sk_time, iso_time = _stamps(now)
         item = {
@@ -62,17 +111,57 @@ class AuditLog:
             "principal": principal or (caller.principal.name if caller else "anonymous"),
             "token_id": caller.principal.token_id if caller else None,
             "action": action,
-            "object": obj,
+            "object": object_name(obj),
             "outcome": outcome,
             "request_id": request_id or (caller.request_id if caller else None),
-            "details": {k: v for k, v in details.items()
-                        if k in SAFE_DETAIL_KEYS and isinstance(v, str | int | bool | None)},
+            "details": _safe_details(details),
             "expires_at": int(now) + 400 * 24 * 3600,
         }
-        self._store.put_if_absent(item)
+        return item
+
+    @staticmethod
+    def logged(item: dict[str, Any]) -> None:
+        """The log line of a written record."""
         if log.isEnabledFor(logging.INFO):  # the JSON is built only for a line that is logged
             log.info(json.dumps({"audit": {k: item[k] for k in _LOGGED}}))
-        return item
+
+    def refused(self, caller: Caller | None, action: str, obj: str, exc: BaseException,
+                details: dict[str, Any] | None = None) -> None:
+        """Record a refusal or failure: "denied" for a permission refusal, "failure"
+        otherwise, with reason = the neutral error code (internal_error for anything
+        unexpected). A misplaced record is also logged as an error. If the record cannot be
+        written with its details it is written without; if not at all, that is logged and
+        the original error is the one reported."""
+        reason = exc.code if isinstance(exc, KeyfrontError) else "internal_error"
+        outcome = "denied" if isinstance(exc, Forbidden) else "failure"
+        if isinstance(exc, MisplacedRecord):
+            log.error(json.dumps({"level": "error", "event": "stored record rejected",
+                                  "request_id": caller.request_id if caller else None,
+                                  "action": action, "object": object_name(obj),
+                                  "problem": exc.detail}))
+        for extra in (details or {}, {}):
+            try:
+                self.record(caller, action, obj, outcome, **extra, reason=reason)
+                return
+            except Exception:  # noqa: BLE001 - retried without details, then logged
+                log.warning("audit record of %s not written%s", action,
+                            " with its details" if extra else "")
+        log.error("audit write failed for %s", action)
+
+    @contextmanager
+    def operation(self, caller: Caller | None, action: str, obj: str) -> Iterator[Operation]:
+        """Audit the enclosed operation once: success with its details (written in the same
+        store transaction as the change when the change goes through `op.commit`), or its
+        refusal or failure, unexpected exceptions included."""
+        op = Operation(self, caller, action, obj)
+        try:
+            yield op
+        except BaseException as exc:
+            if not op.committed and isinstance(exc, Exception):
+                self.refused(caller, action, obj, exc, op.details)
+            raise
+        if not op.committed:
+            self.record(caller, action, op.obj, "success", **op.details)
 
     def day(self, day: str, *, limit: int = 100, cursor: str | None = None) -> Page:
         """Records of one UTC day (YYYY-MM-DD), oldest first."""
@@ -92,3 +181,30 @@ class AuditLog:
             if not page.cursor:
                 return out
             cursor = page.cursor
+
+
+class Operation:
+    """One audited operation: its details, and the commit of its change with its record."""
+
+    def __init__(self, log_: AuditLog, caller: Caller | None, action: str, obj: str) -> None:
+        self._log = log_
+        self.caller = caller
+        self.action = action
+        self.obj = obj
+        self.details: dict[str, Any] = {}
+        self.committed = False
+
+    def note(self, **details: Any) -> None:
+        """Add details to the record (only allow-listed keys are kept)."""
+        self.details.update(details)
+
+    def commit(self, ops: Sequence[Op], *, obj: str | None = None) -> None:
+        """Write `ops` and the success record in ONE store transaction: a change is never
+        acknowledged without its record, nor recorded without having happened. Conditions
+        failing raise StoreTransactionCancelled (the record is not written either)."""
+        if obj is not None:
+            self.obj = obj
+        item = self._log.item(self.caller, self.action, self.obj, "success", **self.details)
+        self._log._store.transact([*ops, Put(item)])
+        self.committed = True
+        self._log.logged(item)

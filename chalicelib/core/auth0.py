@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from chalicelib.core.audit import allow_details
 from chalicelib.core.connections import KEY_STRATEGIES, ConnectionNotFound, Connections
-from chalicelib.core.permissions import AUTH0
+from chalicelib.core.kinds import SIGNING as AUTH0
 from chalicelib.core.services import Services
 from chalicelib.core.signing_keys import (
     KeyNotFound,
@@ -51,6 +52,7 @@ MAX_OBJECT_CHARS = 512  # audit object names carry client-chosen ids: bounded, v
 T = TypeVar("T")
 
 log = logging.getLogger("keyfront.auth0")
+allow_details("strategy")
 
 
 class KeysNotSupported(InvalidState):

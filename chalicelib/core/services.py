@@ -1,23 +1,23 @@
-"""The process-wide service container: settings, store, HSM, tokens, audit."""
+"""The process-wide service container: settings, store, HSM, tokens, audit, and the domains
+built over them on first use."""
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from chalicelib.config import Settings
 from chalicelib.core.audit import AuditLog
+from chalicelib.core.limits import GenerationRate
 from chalicelib.core.tokens import TokenService
 from chalicelib.errors import KeyfrontError, Unavailable
 from chalicelib.hsm import Hsm, get_hsm
 from chalicelib.store import Store, open_store
 
-if TYPE_CHECKING:  # the domains import this module
-    from chalicelib.core.auth0 import Auth0
-    from chalicelib.core.transparent import TransparentService
+D = TypeVar("D")
 
 
 @dataclass
@@ -29,26 +29,25 @@ class Services:
     hsm: Hsm
     tokens: TokenService
     audit: AuditLog
+    rate: GenerationRate
+    _domains: dict[Callable[..., Any], Any] = field(default_factory=dict, repr=False)
+    _domains_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         """Open the store and the HSM named by settings."""
         store = open_store(settings)
-        return cls(settings, store, get_hsm(settings), TokenService(store), AuditLog(store))
+        return cls(settings, store, get_hsm(settings), TokenService(store), AuditLog(store),
+                   GenerationRate(store, settings))
 
-    @cached_property
-    def transparent(self) -> TransparentService:
-        """The StoredSafe domain over these services, built on first use."""
-        from chalicelib.core.transparent import TransparentService
-
-        return TransparentService(self.store, self.hsm, self.audit, self.settings)
-
-    @cached_property
-    def auth0(self) -> Auth0:
-        """The Auth0 domain over these services, built on first use."""
-        from chalicelib.core.auth0 import Auth0
-
-        return Auth0(self)
+    def domain(self, factory: Callable[[Services], D]) -> D:
+        """The domain `factory(self)` builds, built once per container (domains hold caches).
+        A dialect names its factory; the container knows no domain."""
+        with self._domains_lock:
+            built = self._domains.get(factory)
+            if built is None:
+                built = self._domains[factory] = factory(self)
+            return built  # type: ignore[no-any-return]
 
     def health(self) -> dict[str, str]:
         """Component states: "ok" or a short reason (never a secret)."""

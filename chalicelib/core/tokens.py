@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.core.permissions import PERMISSIONS
+from chalicelib.core.kinds import PERMISSIONS
 from chalicelib.errors import (
     Conflict,
     Forbidden,

@@ -51,16 +51,17 @@ def header(request: Request, name: str) -> str | None:
     return value
 
 
-def json_object(request: Request) -> dict[str, Any]:
+def json_object(request: Request, limit: int | None = None) -> dict[str, Any]:
     """The body as a strict JSON object ({} when empty); InvalidInput otherwise.
 
     Strict: no NaN/Infinity, no lone surrogates, nesting bounded (formats.strict_json), so
-    nothing a dialect echoes back or stores can be unreadable JSON.
+    nothing a dialect echoes back or stores can be unreadable JSON. `limit` (default
+    MAX_BODY_BYTES) bounds its size.
     """
     raw = request.raw_body
     if not raw:
         return {}
-    if len(raw) > MAX_BODY_BYTES:
+    if len(raw) > (limit or MAX_BODY_BYTES):
         raise InvalidInput("request body too large", field="body")
     try:
         data = json.loads(raw)

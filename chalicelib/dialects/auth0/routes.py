@@ -54,7 +54,7 @@ bp = Blueprint(__name__)
 ANY_CONTENT_TYPE = ["*/*"]
 def _auth0() -> Auth0:
     """The Auth0 domain over the process's services."""
-    return get_services().auth0
+    return get_services().domain(Auth0)
 
 
 def _caller(action: str) -> tuple[Caller, str]:

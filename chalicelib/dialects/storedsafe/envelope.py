@@ -36,6 +36,7 @@ ERROR_CODES: dict[str, str] = {
     "integrity": "4001",
     "invalid_state": "4002",
     "limit_exceeded": "4003",
+    "rate_limited": "4290",
     "unauthenticated": "4010",
     "forbidden": "4030",
     "not_found": "4040",
@@ -45,6 +46,25 @@ ERROR_CODES: dict[str, str] = {
     "internal_error": "5000",
     "unavailable": "5030",
 }
+
+
+# The vendor's wording of the core's neutral reasons ({vault} is the call's vault id); any
+# other reason is shown in the core's own neutral message.
+MESSAGES: dict[str, str] = {
+    "key_not_found": "key {name} not found in vault {vault}",
+    "key_exists": "key {name} already exists in vault {vault}",
+    "backup_foreign_ring": "the backup was taken from another vault: a backup restores only "
+                           "into the vault it was taken from",
+}
+
+
+def message(exc: KeyfrontError, state: CallState) -> str:
+    """The text of an error in this vendor's words."""
+    template = MESSAGES.get(exc.reason)
+    if template is None:
+        return exc.message
+    return template.format(**{**{k: str(v) for k, v in exc.params.items()},
+                              "vault": state.params.get("vaultid", "")})
 
 
 @dataclass
@@ -103,6 +123,6 @@ def failure(exc: KeyfrontError, request: Request, state: CallState | None) -> Re
     if isinstance(exc, InvalidInput) and len(exc.fields) > 1:
         errors = [(code, f"{name}: {text}") for name, text in exc.fields.items()]
     else:
-        errors = [(code, exc.message)]
+        errors = [(code, message(exc, state))]
     return json_response(exc.status, _envelope(request, state, "FAIL", {}, errors),
                          {"Content-Type": CONTENT_TYPE})

@@ -5,18 +5,33 @@ The legacy `token` body field is read by the routes before validation, never by 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from chalicelib.core.transparent import (
-    DEFAULT_DATAKEY_BITS,
-    DEFAULT_KEY_TYPE,
-    MAX_INFO_CHARS,
-)
+from chalicelib.core.transit import DEFAULT_DATAKEY_BITS, DEFAULT_KEY_TYPE, MAX_INFO_CHARS
+from chalicelib.errors import InvalidInput
 from chalicelib.formats.ciphertext import MAX_VERSION
 
 MAX_TEXT_CHARS = 1024 * 1024  # the body limit bounds these anyway; a clear message is nicer
+_VAULT_RE = re.compile(r"[0-9]{1,20}\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+def validate_vault(vault: object) -> str:
+    """A vault id: 1 to 20 decimal digits; InvalidInput otherwise."""
+    if not isinstance(vault, str) or not _VAULT_RE.match(vault):
+        raise InvalidInput("vaultid must be a decimal vault id", field="vaultid")
+    return vault
+
+
+def validate_name(name: object) -> str:
+    """A key name: 1-128 of A-Z a-z 0-9 _ . - (starting with a letter or digit)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidInput("name must be 1-128 characters of A-Z, a-z, 0-9, '_', '.', '-', "
+                           "starting with a letter or digit", field="name")
+    return name
 
 
 def _version(value: object) -> object:
@@ -50,7 +65,7 @@ class CreateKeyBody(_Body):
     """POST /:vaultid/keys/:name."""
 
     type: str = DEFAULT_KEY_TYPE
-    allow_export: bool = True
+    allow_export: bool = False  # as in Vault: exporting key material is an explicit choice
     allow_backup: bool = True
     allow_delete: bool = True
     info: str = Field("", max_length=MAX_INFO_CHARS)
@@ -92,6 +107,12 @@ class DatakeyBody(_Body):
 
 
 class RestoreBody(_Body):
-    """POST /restore/:vaultid/:name."""
+    """POST /restore/:vaultid/:name (its body limit is the largest backup's, not 1 MiB)."""
 
-    backup: str = Field(max_length=MAX_TEXT_CHARS)
+    backup: str
+
+
+class TrimBody(_Body):
+    """POST /:vaultid/keys/:name/trim (beyond the vendor, as Vault's trim)."""
+
+    min_available_version: Version | None = None

@@ -21,14 +21,10 @@ from chalice import Blueprint, Response
 from chalice.app import Request
 from pydantic import BaseModel
 
+from chalicelib.core.access import KINDS, TRANSIT, Grant, authorize
 from chalicelib.core.services import Services, get_services
 from chalicelib.core.tokens import Caller
-from chalicelib.core.transparent import (
-    TransitKey,
-    TransparentService,
-    validate_name,
-    validate_vault,
-)
+from chalicelib.core.transit import TransitKey, TransitKeys, restore_body_limit
 from chalicelib.dialects.http import (
     InternalError,
     guarded,
@@ -47,6 +43,9 @@ from chalicelib.dialects.storedsafe.models import (
     EncryptBody,
     RestoreBody,
     RewrapBody,
+    TrimBody,
+    validate_name,
+    validate_vault,
 )
 from chalicelib.errors import InvalidInput, KeyfrontError, LimitExceeded, NotFound, Unavailable
 from chalicelib.formats.ciphertext import b64decode_strict
@@ -57,6 +56,12 @@ API_VERSIONS = frozenset({"1.0"})
 TOKEN_HEADER = "X-Http-Token"
 ANY_CONTENT_TYPE = ["*/*"]  # Chalice matches every request Content-Type against "*/*"
 M = TypeVar("M", bound=BaseModel)
+KIND = KINDS[TRANSIT]
+
+
+def transit_keys(services: Services) -> TransitKeys:
+    """This dialect's domain over the process's services."""
+    return TransitKeys(KIND, services.store, services.hsm, services.audit, services.settings)
 
 
 def _render(exc: KeyfrontError, request: Request, rid: str) -> Response:
@@ -67,12 +72,12 @@ def _render(exc: KeyfrontError, request: Request, rid: str) -> Response:
 
 @dataclass
 class _Call:
-    """One authenticated call: the caller, the core service and the envelope state."""
+    """One authorized call: its grant, the domain and the envelope state."""
 
     request: Request
     state: CallState
-    caller: Caller
-    core: TransparentService
+    grant: Grant
+    core: TransitKeys
     services: Services
 
     def body(self, model: type[M]) -> M:
@@ -85,16 +90,16 @@ class _Call:
         return envelope.success(self.request, self.state, status, callinfo, general, **top)
 
 
-def _begin(version: str, params: dict[str, str], *, level: str, action: str,
-           echo: type[BaseModel] | None = None) -> _Call:
-    """Authenticate, validate route parameters, check `level` in the vault."""
+def _begin(version: str, params: dict[str, str], *, action: str, variant: str | None = None,
+           echo: type[BaseModel] | None = None, body_limit: int | None = None) -> _Call:
+    """Authenticate, validate route parameters, authorize `action` in the vault."""
     request = bp.current_request
     state = CallState(params=dict(params),
                       echo=tuple(echo.model_fields) if echo is not None else ())
     setattr(request, STATE_ATTR, state)
     body_error: InvalidInput | None = None
     try:
-        state.body = json_object(request)
+        state.body = json_object(request, body_limit)
     except InvalidInput as exc:
         body_error = exc
     raw = header(request, TOKEN_HEADER)
@@ -114,10 +119,11 @@ def _begin(version: str, params: dict[str, str], *, level: str, action: str,
     name = params.get("name")
     if name is not None:
         validate_name(name)
-    core = services.transparent
+    core = services.domain(transit_keys)
     caller = Caller(principal, request_id(request))
-    core.authorize(caller, vault, level, action, name or "")
-    return _Call(request, state, caller, core, services)
+    grant = authorize(services.audit, caller, KIND, vault, f"{TRANSIT}.{action}",
+                      core.obj(vault, name or ""), variant)
+    return _Call(request, state, grant, core, services)
 
 
 def _b64(value: str, field: str, limit: int) -> bytes:
@@ -134,6 +140,16 @@ def _enc(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _metadata(key: TransitKey) -> dict[str, Any]:
+    """The vendor's KEYS entry, plus min_decryption_version."""
+    return {
+        "name": key.name, "key_version": str(key.latest_version), "type": key.type,
+        "allow_backup": key.allow_backup, "allow_export": key.allow_export,
+        "allow_delete": key.allow_delete, "supports_signing": False, "info": key.info,
+        "min_decryption_version": str(key.min_decryption_version), "objectid": key.objectid,
+    }
+
+
 def _key_info(key: TransitKey) -> dict[str, str]:
     return {"name": key.name, "key_version": str(key.latest_version),
             "objectid": key.objectid}
@@ -146,10 +162,10 @@ def _key_info(key: TransitKey) -> dict[str, str]:
 @guarded(bp, _render)
 def create_key(version: str, vaultid: str, name: str) -> Response:
     """Create a named key. Write. 201."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
-                  action="storedsafe.key.create", echo=CreateKeyBody)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.create",
+                  echo=CreateKeyBody)
     b = call.body(CreateKeyBody)
-    key = call.core.create_key(call.caller, vaultid, name, key_type=b.type,
+    key = call.core.create_key(call.grant, name, key_type=b.type,
                                allow_export=b.allow_export, allow_backup=b.allow_backup,
                                allow_delete=b.allow_delete, info=b.info)
     return call.ok(201, _key_info(key))
@@ -160,9 +176,9 @@ def create_key(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def list_keys(version: str, vaultid: str) -> Response:
     """List the vault's keys (the vendor's LIST verb; GET here). Read."""
-    call = _begin(version, {"vaultid": vaultid}, level="read", action="storedsafe.key.list")
-    keys = call.core.list_keys(call.caller, vaultid)
-    return call.ok(200, {}, KEYS=[k.metadata() for k in keys])
+    call = _begin(version, {"vaultid": vaultid}, action="key.list")
+    keys = call.core.list_keys(call.grant)
+    return call.ok(200, {}, KEYS=[_metadata(k) for k in keys])
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["GET"],
@@ -170,11 +186,10 @@ def list_keys(version: str, vaultid: str) -> Response:
 @guarded(bp, _render)
 def read_key(version: str, vaultid: str, name: str) -> Response:
     """One key's metadata. Read."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
-                  action="storedsafe.key.read")
-    key = call.core.read_key(call.caller, vaultid, name)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.read")
+    key = call.core.read_key(call.grant, name)
     return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
-                   KEYS=[key.metadata()])
+                   KEYS=[_metadata(key)])
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"],
@@ -182,9 +197,8 @@ def read_key(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def rotate_key(version: str, vaultid: str, name: str) -> Response:
     """Add a version. Write. 201."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
-                  action="storedsafe.key.rotate")
-    key = call.core.rotate(call.caller, vaultid, name)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.rotate")
+    key = call.core.rotate(call.grant, name)
     return call.ok(201, _key_info(key))
 
 
@@ -193,10 +207,10 @@ def rotate_key(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def configure_key(version: str, vaultid: str, name: str) -> Response:
     """Beyond the vendor: set min_decryption_version / allow_delete. Admin."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="admin",
-                  action="storedsafe.key.config", echo=ConfigBody)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.config",
+                  echo=ConfigBody)
     b = call.body(ConfigBody)
-    key = call.core.configure(call.caller, vaultid, name,
+    key = call.core.configure(call.grant, name,
                               min_decryption_version=b.min_decryption_version,
                               allow_delete=b.allow_delete)
     return call.ok(200, {**_key_info(key),
@@ -209,9 +223,8 @@ def configure_key(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def delete_key(version: str, vaultid: str, name: str) -> Response:
     """Delete a key and all versions. Write, and only if allow_delete."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
-                  action="storedsafe.key.delete")
-    key = call.core.delete(call.caller, vaultid, name)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.delete")
+    key = call.core.delete(call.grant, name)
     return call.ok(200, {"name": key.name, "objectid": key.objectid})
 
 
@@ -222,11 +235,11 @@ def delete_key(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def encrypt(version: str, vaultid: str, name: str) -> Response:
     """Encrypt base64 plaintext. Read (Write creates a missing key)."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
-                  action="storedsafe.encrypt", echo=EncryptBody)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="encrypt",
+                  echo=EncryptBody)
     b = call.body(EncryptBody)
     limit = call.services.settings.max_plaintext_bytes
-    out = call.core.encrypt(call.caller, vaultid, name, _b64(b.plaintext, "plaintext", limit),
+    out = call.core.encrypt(call.grant, name, _b64(b.plaintext, "plaintext", limit),
                             key_version=b.key_version, key_type=b.type)
     general = [f"key {name} created"] if out.created else []
     return call.ok(200, {"key_version": str(out.key_version), "ciphertext": out.ciphertext},
@@ -238,10 +251,10 @@ def encrypt(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def decrypt(version: str, vaultid: str, name: str) -> Response:
     """Decrypt a storedsafe:vN: ciphertext. Read."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
-                  action="storedsafe.decrypt", echo=DecryptBody)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="decrypt",
+                  echo=DecryptBody)
     b = call.body(DecryptBody)
-    out = call.core.decrypt(call.caller, vaultid, name, b.ciphertext)
+    out = call.core.decrypt(call.grant, name, b.ciphertext)
     return call.ok(200, {"plaintext": _enc(out.plaintext), "key_version": str(out.key_version)})
 
 
@@ -250,10 +263,10 @@ def decrypt(version: str, vaultid: str, name: str) -> Response:
 @guarded(bp, _render)
 def rewrap(version: str, vaultid: str, name: str) -> Response:
     """Re-encrypt under to_version (default latest), never returning plaintext. Read."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="read",
-                  action="storedsafe.rewrap", echo=RewrapBody)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="rewrap",
+                  echo=RewrapBody)
     b = call.body(RewrapBody)
-    out = call.core.rewrap(call.caller, vaultid, name, b.ciphertext, to_version=b.to_version)
+    out = call.core.rewrap(call.grant, name, b.ciphertext, to_version=b.to_version)
     return call.ok(200, {"ciphertext": out.ciphertext, "key_version": str(out.key_version)})
 
 
@@ -263,14 +276,12 @@ def rewrap(version: str, vaultid: str, name: str) -> Response:
 def datakey(version: str, vaultid: str, type: str, name: str) -> Response:  # noqa: A002
     """A data key: `wrapped` (Read) or `plaintext` (Write) returns its plaintext too."""
     params = {"vaultid": vaultid, "type": type, "name": name}
-    with_plaintext = type == "plaintext"
-    call = _begin(version, params, level="write" if with_plaintext else "read",
-                  action="storedsafe.datakey", echo=DatakeyBody)
+    call = _begin(version, params, action="datakey",
+                  variant="plaintext" if type == "plaintext" else None, echo=DatakeyBody)
     if type not in ("plaintext", "wrapped"):
         raise InvalidInput("type must be plaintext or wrapped", field="type")
     b = call.body(DatakeyBody)
-    out = call.core.datakey(call.caller, vaultid, name, bits=b.bits, key_version=b.key_version,
-                            with_plaintext=with_plaintext)
+    out = call.core.datakey(call.grant, name, bits=b.bits, key_version=b.key_version)
     info: dict[str, Any] = {"key_version": str(out.key_version), "ciphertext": out.ciphertext,
                             "objectid": out.key.objectid}
     if out.plaintext is not None:
@@ -284,13 +295,13 @@ def _export(version: str, vaultid: str, name: str, key_version: str | None) -> R
     params = {"vaultid": vaultid, "name": name}
     if key_version is not None:
         params["key_version"] = key_version
-    call = _begin(version, params, level="admin", action="storedsafe.key.export")
+    call = _begin(version, params, action="key.export")
     wanted = None
     if key_version is not None:
         if not (key_version.isdecimal() and key_version.isascii() and 0 < len(key_version) < 10):
             raise InvalidInput("key_version must be a positive integer", field="key_version")
         wanted = int(key_version)
-    key, material = call.core.export(call.caller, vaultid, name, key_version=wanted)
+    key, material = call.core.export(call.grant, name, key_version=wanted)
     return call.ok(200, {}, KEYS={
         "name": key.name, "type": key.type,
         "key_version": str(wanted if wanted is not None else key.latest_version),
@@ -319,9 +330,8 @@ def export_key_version(version: str, vaultid: str, name: str, key_version: str) 
 @guarded(bp, _render)
 def backup_key(version: str, vaultid: str, name: str) -> Response:
     """A protected backup of the key, all versions. Admin + allow_backup."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="admin",
-                  action="storedsafe.key.backup")
-    key, backup = call.core.backup(call.caller, vaultid, name)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.backup")
+    key, backup = call.core.backup(call.grant, name)
     return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
                    KEYS={"backup": backup})
 
@@ -332,8 +342,22 @@ def backup_key(version: str, vaultid: str, name: str) -> Response:
 def restore_key(version: str, vaultid: str, name: str) -> Response:
     """Restore a backup as a new key under vaultid/name. Write; only into the vault the
     backup was taken from (400 otherwise)."""
-    call = _begin(version, {"vaultid": vaultid, "name": name}, level="write",
-                  action="storedsafe.key.restore", echo=RestoreBody)
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.restore",
+                  echo=RestoreBody, body_limit=restore_body_limit(get_services().settings))
     b = call.body(RestoreBody)
-    key = call.core.restore(call.caller, vaultid, name, b.backup)
+    key = call.core.restore(call.grant, name, b.backup)
     return call.ok(200, _key_info(key))
+
+
+@bp.route(PREFIX + "/{vaultid}/keys/{name}/trim", methods=["POST"],
+          content_types=ANY_CONTENT_TYPE)
+@guarded(bp, _render)
+def trim_key(version: str, vaultid: str, name: str) -> Response:
+    """Beyond the vendor, as Vault's trim: delete the versions below min_available_version
+    (default: the key's min_decryption_version). Admin."""
+    call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.trim",
+                  echo=TrimBody)
+    b = call.body(TrimBody)
+    key = call.core.trim(call.grant, name, b.min_available_version)
+    return call.ok(200, {**_key_info(key),
+                         "min_available_version": str(key.min_available_version)})

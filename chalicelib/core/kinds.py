@@ -1,0 +1,95 @@
+"""Every ring kind: the permissions a token scope can hold on it, what implies what, and what
+each action needs. Ring kinds are token-scope identifiers; they and each kind's permission
+words are declared here and nowhere else in the core.
+
+Token scopes name one kind, one ring (or "*") and a subset of that kind's permissions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RingKind:
+    """One kind of key ring: its permissions, their implications and what actions need.
+
+    `implies[p]` is the set of permissions that holding `p` also grants (a hierarchy such as
+    admin > write > read); `needs[(action, variant)]` are the permissions an action needs,
+    every one of them.
+    """
+
+    name: str
+    permissions: frozenset[str]
+    needs: Mapping[tuple[str, str | None], tuple[str, ...]]
+    implies: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    store_prefix: str = ""  # the first word of the kind's store partitions
+
+    def effective(self, held: frozenset[str]) -> frozenset[str]:
+        """The permissions `held` amounts to, implications included."""
+        out = set(held)
+        for p in held:
+            out |= self.implies.get(p, frozenset())
+        return frozenset(out)
+
+    def needed(self, action: str, variant: str | None = None) -> tuple[str, ...]:
+        """What `action` needs; KeyError for an action this kind does not know (a bug)."""
+        return self.needs[(action, variant)]
+
+
+def _hierarchy(*levels: str) -> dict[str, frozenset[str]]:
+    """Each level implies every level after it: ("admin", "write", "read")."""
+    return {p: frozenset(levels[i:]) for i, p in enumerate(levels)}
+
+
+def _actions(kind: str, table: Mapping[str, tuple[str, ...]]) \
+        -> dict[tuple[str, str | None], tuple[str, ...]]:
+    out: dict[tuple[str, str | None], tuple[str, ...]] = {}
+    for name, perms in table.items():
+        action, _, variant = name.partition("+")
+        out[(f"{kind}.{action}", variant or None)] = perms
+    return out
+
+
+TRANSIT = "storedsafe"
+SIGNING = "auth0"
+
+KINDS: dict[str, RingKind] = {
+    # vault bits Read=1, Write=2, Admin=4, hierarchical
+    TRANSIT: RingKind(
+        name=TRANSIT, store_prefix="ss",
+        permissions=frozenset({"read", "write", "admin"}),
+        implies=_hierarchy("admin", "write", "read"),
+        needs=_actions(TRANSIT, {
+            "key.create": ("write",), "key.list": ("read",), "key.read": ("read",),
+            "key.rotate": ("write",), "key.config": ("admin",), "key.delete": ("write",),
+            "key.trim": ("admin",),
+            "encrypt": ("read",), "decrypt": ("read",), "rewrap": ("read",),
+            "datakey": ("read",), "datakey+plaintext": ("write",),
+            "key.export": ("admin",), "key.backup": ("admin",), "key.restore": ("write",),
+        })),
+    # Management API scopes
+    SIGNING: RingKind(
+        name=SIGNING, store_prefix="auth0",
+        permissions=frozenset({
+            "read:connections", "create:connections", "delete:connections",
+            "read:connections_keys", "create:connections_keys", "update:connections_keys",
+            "read:signing_keys", "create:signing_keys", "update:signing_keys",
+        }),
+        needs=_actions(SIGNING, {
+            "connection.create": ("create:connections",),
+            "connection.list": ("read:connections",),
+            "connection.read": ("read:connections",),
+            "connection.delete": ("delete:connections",),
+            "connection_key.list": ("read:connections_keys",),
+            "connection_key.create": ("create:connections_keys",),
+            "connection_key.rotate": ("create:connections_keys", "update:connections_keys"),
+            "signing_key.list": ("read:signing_keys",),
+            "signing_key.read": ("read:signing_keys",),
+            "signing_key.rotate": ("create:signing_keys", "update:signing_keys"),
+            "signing_key.revoke": ("update:signing_keys",),
+        })),
+}
+
+PERMISSIONS: dict[str, frozenset[str]] = {k: v.permissions for k, v in KINDS.items()}

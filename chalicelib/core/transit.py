@@ -1,0 +1,891 @@
+"""Transit keys: named AES-GCM keys per ring, with immutable versions (Vault's transit model).
+
+Store layout (one partition per ring for the key records, one per key incarnation for its
+versions, so that a deleted and re-created name never meets the old versions); P is the ring
+kind's store prefix:
+
+    pk "P#{ring}"                       sk "key#{name}"   the key record (latest version,
+                                                          min_decryption_version, flags, ...)
+    pk "P#{ring}"                       sk "head"         the ring head: how many keys
+    pk "P#{ring}#{name}#{objectid}"     sk "v#{n:010d}"   version n: its WrappedKey
+
+Every version's data key is generated in the HSM and stored only wrapped under the KEK, bound to
+the context "{kind}/{ring}/{name}/{objectid}/{n}". Ciphertext is "{kind}:v{n}:" +
+base64(nonce || ct || tag), AES-GCM in the HSM, with an AAD naming the key's origin (ring,
+name and objectid where it was created) and the version. The origin travels with a backup, so a
+restored key still opens what the original encrypted; a backup restores only into its own ring.
+
+A key record is used only where it is found (records.Place): ring and name come from its pk
+and sk, never from its contents; one that disagrees is a MisplacedRecord.
+
+Deletion is a tombstone (state "deleting", written with its audit record in one transaction),
+then an idempotent purge of the version records and the tombstone; whoever meets a tombstone
+later (a read, a list, a create of the name) finishes an interrupted purge.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from chalicelib.config import Settings
+from chalicelib.core.access import Grant, RingKind
+from chalicelib.core.audit import AuditLog, Operation
+from chalicelib.core.keys import VersionCache
+from chalicelib.core.limits import cap
+from chalicelib.core.records import Place, read_head, retry, scan
+from chalicelib.errors import (
+    BindingError,
+    Conflict,
+    Forbidden,
+    IntegrityError,
+    InvalidInput,
+    InvalidState,
+    KeyfrontError,
+    LimitExceeded,
+    MisplacedRecord,
+    NotFound,
+    StoreConditionFailed,
+    StoreTransactionCancelled,
+)
+from chalicelib.formats.ciphertext import (
+    MAX_VERSION,
+    NONCE_BYTES,
+    TAG_BYTES,
+    b64decode_strict,
+    format_ciphertext,
+    parse_ciphertext,
+)
+from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.store import Op, Put, Store, Update
+
+log = logging.getLogger("keyfront.transit")
+
+KEY_TYPES: dict[str, int] = {"aes128-gcm96": 128, "aes256-gcm96": 256}
+DEFAULT_KEY_TYPE = "aes128-gcm96"
+DATAKEY_BITS = (128, 256, 512)
+DEFAULT_DATAKEY_BITS = 256
+MAX_INFO_CHARS = 1024
+BACKUP_FORMAT_VERSION = 3  # 3 carries min_available_version; 2 names the source ring; 1 not
+DELETING = "deleting"
+# A backup's bytes per version (measured: ~330; bounded with room) and its fixed overhead:
+# what backup may produce, restore must accept (see restore_body_limit).
+BACKUP_BYTES_PER_VERSION = 640
+BACKUP_OVERHEAD_BYTES = 16 * 1024
+
+_ID_RE = re.compile(r"[0-9]{1,20}\Z")
+_PART_RE = re.compile(r"[^/]{1,128}\Z")
+
+
+def key_bits(key_type: object) -> int:
+    """Key size in bits of a supported key type; InvalidInput for any other type."""
+    bits = KEY_TYPES.get(key_type) if isinstance(key_type, str) else None
+    if bits is None:
+        raise InvalidInput(f"unsupported key type; supported: {', '.join(KEY_TYPES)}",
+                           field="type", reason="unsupported_key_type")
+    return bits
+
+
+def origin_ring(origin: object) -> str:
+    """The ring of an origin "ring/name/objectid"; ValueError if it is not one."""
+    parts = origin.split("/") if isinstance(origin, str) else []
+    if len(parts) != 3 or not all(_PART_RE.match(p) for p in parts) \
+            or not _ID_RE.match(parts[2]):
+        raise ValueError("origin is not ring/name/objectid")
+    return parts[0]
+
+
+def version_aad(kind: str, origin: str, version: int) -> bytes:
+    """The AAD of every message under one key version: binds kind, origin and version."""
+    return f"{kind}|{origin}|v{version}".encode()
+
+
+def restore_body_limit(settings: Settings) -> int:
+    """The largest restore request to accept: a backup of a key at its version cap, in a
+    JSON body, with room for the envelope fields."""
+    per_version = BACKUP_BYTES_PER_VERSION * 4 // 3 + 1  # the backup string is base64
+    return BACKUP_OVERHEAD_BYTES + settings.max_versions_per_key * per_version
+
+
+def _new_objectid() -> str:
+    # numeric-looking like the vendor's object ids; unique per key incarnation
+    return str(10**11 + secrets.randbelow(9 * 10**11))
+
+
+# ---- domain types ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TransitKey:
+    """One named key's record (metadata only; the material lives in its version records)."""
+
+    kind: str
+    prefix: str
+    ring: str
+    name: str
+    type: str
+    latest_version: int
+    min_decryption_version: int
+    allow_export: bool
+    allow_backup: bool
+    allow_delete: bool
+    info: str
+    objectid: str
+    origin: str  # "ring/name/objectid" where the key was first created (AAD binding)
+    created_at: int
+    updated_at: int
+    min_available_version: int = 1  # versions below were trimmed away
+    state: str = "active"  # or DELETING (a tombstone being purged)
+    item_version: int = 0  # the store's optimistic-concurrency version of the record
+
+    @property
+    def bits(self) -> int:
+        """AES key size of this key's type."""
+        return KEY_TYPES[self.type]
+
+    @property
+    def pk(self) -> str:
+        """Partition of the key record."""
+        return f"{self.prefix}#{self.ring}"
+
+    @property
+    def sk(self) -> str:
+        """Sort key of the key record."""
+        return f"key#{self.name}"
+
+    @property
+    def versions_pk(self) -> str:
+        """Partition holding this incarnation's version records."""
+        return f"{self.prefix}#{self.ring}#{self.name}#{self.objectid}"
+
+    def context(self, version: int) -> str:
+        """HSM binding context of version `version`'s blob."""
+        return f"{self.kind}/{self.ring}/{self.name}/{self.objectid}/{version}"
+
+    def aad(self, version: int) -> bytes:
+        """The AAD of every message under one version: binds origin and version."""
+        return version_aad(self.kind, self.origin, version)
+
+    def to_item(self) -> dict[str, Any]:
+        """The store item (without the store-managed version)."""
+        item = {
+            "pk": self.pk, "sk": self.sk, "name": self.name, "type": self.type,
+            "latest_version": self.latest_version,
+            "min_decryption_version": self.min_decryption_version,
+            "allow_export": self.allow_export, "allow_backup": self.allow_backup,
+            "allow_delete": self.allow_delete, "info": self.info, "objectid": self.objectid,
+            "origin": self.origin, "created_at": self.created_at, "updated_at": self.updated_at,
+        }
+        # written only when they differ from what records older than them meant
+        if self.min_available_version != 1:
+            item["min_available_version"] = self.min_available_version
+        if self.state != "active":
+            item["state"] = self.state
+        return item
+
+    @classmethod
+    def from_item(cls, kind: RingKind, ring: str, item: dict[str, Any]) -> TransitKey:
+        """Inverse of to_item, for a record found in the ring's partition.
+
+        Ring and name come from where the record was found, never from its contents.
+        MisplacedRecord if the record is not in that partition, its own name differs from its
+        sort key, its origin is not in its ring, or a field is malformed.
+        """
+        pk, sk = item.get("pk"), item.get("sk")
+        name = sk[4:] if isinstance(sk, str) and sk.startswith("key#") else ""
+        here = Place(f"{kind.store_prefix}#{ring}", f"key#{name}")
+        if pk != here.pk or not name:
+            raise here.misplaced("is not in its place")
+        if item.get("name") != name:
+            raise here.misplaced("names another key")
+        try:
+            objectid, origin = item["objectid"], item["origin"]
+            if not isinstance(objectid, str) or not _ID_RE.match(objectid) \
+                    or item["type"] not in KEY_TYPES:
+                raise ValueError("objectid or type")
+            home = origin_ring(origin)
+            key = cls(
+                kind=kind.name, prefix=kind.store_prefix, ring=ring, name=name,
+                type=item["type"], latest_version=int(item["latest_version"]),
+                min_decryption_version=int(item["min_decryption_version"]),
+                allow_export=bool(item["allow_export"]),
+                allow_backup=bool(item["allow_backup"]),
+                allow_delete=bool(item["allow_delete"]), info=str(item.get("info") or ""),
+                objectid=objectid, origin=origin,
+                created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
+                min_available_version=int(item.get("min_available_version", 1)),
+                state=str(item.get("state", "active")),
+                item_version=int(item["version"]),
+            )
+            if not 1 <= key.min_available_version <= key.min_decryption_version \
+                    <= key.latest_version <= MAX_VERSION \
+                    or key.state not in ("active", DELETING):
+                raise ValueError("versions or state")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise here.misplaced("is malformed") from exc
+        if home != ring:
+            raise here.misplaced("has its origin in another ring")
+        return key
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """Result of encrypt/rewrap: the ciphertext string and the version it used."""
+
+    ciphertext: str
+    key_version: int
+    key: TransitKey
+    created: bool = False  # encrypt created the key (Write token, missing key)
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """Result of decrypt."""
+
+    plaintext: bytes
+    key_version: int
+    key: TransitKey
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A fresh data key, wrapped under a named key; plaintext only when asked for."""
+
+    ciphertext: str
+    plaintext: bytes | None
+    key_version: int
+    bits: int
+    key: TransitKey
+
+
+# ---- the service ----------------------------------------------------------------------------
+
+class TransitKeys:
+    """Named keys, versions and AES-GCM operations of one ring kind, with audit.
+
+    Every operation takes a Grant (access.authorize) for its own action: the permission was
+    decided once, before the operation; the operation audits itself.
+    """
+
+    def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
+                 settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.kind = kind
+        self._store = store
+        self._hsm = hsm
+        self._audit = audit
+        self._settings = settings
+        self._clock = clock
+        self._versions = VersionCache()
+
+    # ---- names ------------------------------------------------------------------------------
+
+    def action(self, verb: str) -> str:
+        """The audit/access action name of a verb ("key.create" -> "<kind>.key.create")."""
+        return f"{self.kind.name}.{verb}"
+
+    def obj(self, ring: str, name: str = "") -> str:
+        """The audit object of a ring or a key."""
+        return f"{self.kind.name}/{ring}/{name}" if name else f"{self.kind.name}/{ring}"
+
+    def _op(self, grant: Grant, verb: str, name: str = "") -> Any:
+        grant.require(self.action(verb))
+        return self._audit.operation(grant.caller, self.action(verb), self.obj(grant.ring, name))
+
+    def _pk(self, ring: str) -> str:
+        return f"{self.kind.store_prefix}#{ring}"
+
+    # ---- store access -----------------------------------------------------------------------
+
+    def _find(self, ring: str, name: str) -> TransitKey | None:
+        item = self._store.get(self._pk(ring), f"key#{name}")
+        if item is None:
+            return None
+        key = TransitKey.from_item(self.kind, ring, item)
+        if key.state == DELETING:
+            self._purge(key)  # finish an interrupted deletion: the key is gone
+            return None
+        return key
+
+    def _require(self, ring: str, name: str) -> TransitKey:
+        key = self._find(ring, name)
+        if key is None:
+            raise NotFound(f"key {name} not found", reason="key_not_found", name=name,
+                           ring=ring)
+        return key
+
+    def _version_key(self, key: TransitKey, version: int) -> WrappedKey:
+        """The WrappedKey of one version (version records are immutable: cached)."""
+        where = Place(key.versions_pk, f"v#{version:010d}")
+        hit = self._versions.get(where.pk, where.sk)
+        if hit is not None and hit.size == key.bits:
+            return hit
+        item = self._store.get(where.pk, where.sk)
+        if item is None:
+            # the key record named it, so the key was deleted or replaced meanwhile
+            raise NotFound(f"key version {version} of {key.name} not found",
+                           reason="version_not_found", name=key.name, version=version)
+        try:
+            wrapped = WrappedKey.from_dict(item["wrapped"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise where.misplaced("is malformed") from exc
+        if wrapped.kind != "aes" or wrapped.size != key.bits:
+            # checked here: the HSM would answer a wrong kind as the caller's bad input
+            raise where.misplaced(f"is not an AES-{key.bits} key")
+        self._versions.put(where.pk, where.sk, wrapped)
+        return wrapped
+
+    def _version_item(self, key: TransitKey, version: int, wrapped: WrappedKey) \
+            -> dict[str, Any]:
+        return {"pk": key.versions_pk, "sk": f"v#{version:010d}", "key_version": version,
+                "created_at": int(self._clock()), "wrapped": wrapped.to_dict()}
+
+    def _purge(self, key: TransitKey, below: int | None = None) -> None:
+        """Delete version records (all, or those below `below`), then a tombstone. Idempotent
+        and resumable: each step deletes what is still there."""
+        for item in list(scan(self._store, key.versions_pk, "v#")):
+            n = int(item.get("key_version") or str(item["sk"])[2:])
+            if below is not None and n >= below:
+                break
+            try:
+                self._store.delete_if(key.versions_pk, item["sk"])
+            except StoreConditionFailed:
+                pass  # someone else removed it
+        self._versions.drop(key.versions_pk, below)
+        if below is None and key.state == DELETING:
+            try:
+                self._store.delete_if(key.pk, key.sk, key.item_version)
+            except StoreConditionFailed:
+                pass  # already purged by another request
+
+    # ---- ring head: the key count behind the per-ring cap ----------------------------------
+
+    def _count_ops(self, ring: str, delta: int) -> list[Op]:
+        """The head CAS moving the ring's key count by delta (refused past the cap)."""
+        head = read_head(self._store, self._pk(ring))
+        count = head.state.get("keys")
+        if not isinstance(count, int):  # a ring from before heads: count once
+            count = sum(1 for it in scan(self._store, self._pk(ring), "key#")
+                        if it.get("state", "active") == "active")
+        if delta > 0:
+            cap(count, self._settings.max_keys_per_ring, "keys per ring")
+        return [head.replaced({**head.state, "keys": max(0, count + delta)})]
+
+    # ---- crypto helpers ---------------------------------------------------------------------
+
+    def _check_plaintext(self, plaintext: bytes) -> None:
+        limit = self._settings.max_plaintext_bytes
+        if len(plaintext) > limit:
+            raise LimitExceeded(f"plaintext is larger than {limit} bytes",
+                                reason="plaintext_too_large")
+
+    @staticmethod
+    def _pick(key: TransitKey, requested: int | None, field: str) -> int:
+        """The version to use: latest, or `requested` if it exists and is not retired."""
+        if requested is None:
+            return key.latest_version
+        if requested < 1 or requested > key.latest_version:
+            raise NotFound(f"key version {requested} of {key.name} not found",
+                           reason="version_not_found")
+        if requested < key.min_decryption_version:
+            raise InvalidState(f"{field} {requested} is below the key's "
+                               f"min_decryption_version {key.min_decryption_version}",
+                               reason="version_retired")
+        return requested
+
+    def _blob_failed(self, key: TransitKey, version: int) -> MisplacedRecord:
+        return Place(key.versions_pk, f"v#{version:010d}").misplaced(
+            "failed its HSM binding check")
+
+    def _seal(self, key: TransitKey, version: int, plaintext: bytes) -> str:
+        wrapped = self._version_key(key, version)
+        try:
+            data = self._hsm.encrypt_gcm(wrapped, key.context(version), plaintext,
+                                         key.aad(version))
+        except BindingError as exc:
+            raise self._blob_failed(key, version) from exc
+        return format_ciphertext(version, data)
+
+    def _open(self, key: TransitKey, ciphertext: str) -> tuple[bytes, int]:
+        version, data = parse_ciphertext(ciphertext)
+        if len(data) > self._settings.max_plaintext_bytes + NONCE_BYTES + TAG_BYTES:
+            raise LimitExceeded("ciphertext is larger than the largest plaintext allows",
+                                reason="ciphertext_too_large")
+        if version > key.latest_version:
+            raise NotFound(f"key version {version} of {key.name} not found",
+                           reason="version_not_found")
+        if version < key.min_decryption_version:
+            raise InvalidState(f"ciphertext version {version} is below the key's "
+                               f"min_decryption_version {key.min_decryption_version}",
+                               reason="version_retired")
+        wrapped = self._version_key(key, version)
+        try:
+            plaintext = self._hsm.decrypt_gcm(wrapped, key.context(version), data,
+                                              key.aad(version))
+        except BindingError as exc:
+            # our stored version blob failed its binding: not the client's ciphertext
+            raise self._blob_failed(key, version) from exc
+        except IntegrityError as exc:
+            # the GCM tag of the client's ciphertext (the blob checked out)
+            raise IntegrityError("ciphertext failed verification: tampered, truncated, or "
+                                 "not made by this key", reason="ciphertext_invalid") from exc
+        return plaintext, version
+
+    # ---- key lifecycle ----------------------------------------------------------------------
+
+    def _insert_new(self, op: Operation, ring: str, name: str, key_type: str, *,
+                    allow_export: bool, allow_backup: bool, allow_delete: bool,
+                    info: str) -> TransitKey:
+        """Create version 1, the record, the count and the audit record in one transaction;
+        Conflict if the name exists."""
+        bits = key_bits(key_type)
+        now = int(self._clock())
+        objectid = _new_objectid()
+        key = TransitKey(kind=self.kind.name, prefix=self.kind.store_prefix, ring=ring,
+                         name=name, type=key_type, latest_version=1, min_decryption_version=1,
+                         allow_export=allow_export, allow_backup=allow_backup,
+                         allow_delete=allow_delete, info=info, objectid=objectid,
+                         origin=f"{ring}/{name}/{objectid}", created_at=now, updated_at=now,
+                         item_version=1)
+        wrapped = self._hsm.generate_aes(bits, key.context(1), exportable=allow_export)
+        op.note(key_version=1)
+
+        def attempt() -> TransitKey:
+            if self._find(ring, name) is not None:  # also finishes a pending deletion
+                raise _exists(name)
+            op.commit([*self._count_ops(ring, +1), Put(key.to_item()),
+                       Put(self._version_item(key, 1, wrapped))])
+            return key
+        return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+
+    def create_key(self, grant: Grant, name: str, *, key_type: str = DEFAULT_KEY_TYPE,
+                   allow_export: bool = False, allow_backup: bool = True,
+                   allow_delete: bool = True, info: str = "") -> TransitKey:
+        """Create a named key (version 1); Conflict if it exists. Export is off unless asked
+        for (as in Vault: exporting key material is an explicit choice at creation)."""
+        with self._op(grant, "key.create", name) as op:
+            op.note(type=key_type if key_type in KEY_TYPES else None)
+            if len(info) > MAX_INFO_CHARS:
+                raise InvalidInput(f"info is longer than {MAX_INFO_CHARS} characters",
+                                   field="info")
+            return self._insert_new(op, grant.ring, name, key_type, allow_export=allow_export,
+                                    allow_backup=allow_backup, allow_delete=allow_delete,
+                                    info=info)
+
+    def list_keys(self, grant: Grant) -> list[TransitKey]:
+        """Every key of the ring, by name (misplaced records left out, logged, audited)."""
+        grant.require(self.action("key.list"))
+        out: list[TransitKey] = []
+        for item in scan(self._store, self._pk(grant.ring), "key#"):
+            try:
+                key = TransitKey.from_item(self.kind, grant.ring, item)
+            except MisplacedRecord as exc:
+                sk = item.get("sk")
+                name = sk[4:] if isinstance(sk, str) and sk.startswith("key#") else ""
+                self._audit.refused(grant.caller, self.action("key.list"),
+                                    self.obj(grant.ring, name[:128]), exc)
+                continue
+            if key.state == DELETING:
+                self._purge(key)
+                continue
+            out.append(key)
+        return out
+
+    def read_key(self, grant: Grant, name: str) -> TransitKey:
+        """One key's metadata (a misplaced record is audited as a failed read)."""
+        grant.require(self.action("key.read"))
+        try:
+            return self._require(grant.ring, name)
+        except MisplacedRecord as exc:
+            self._audit.refused(grant.caller, self.action("key.read"),
+                                self.obj(grant.ring, name), exc)
+            raise
+
+    def rotate(self, grant: Grant, name: str) -> TransitKey:
+        """Add version latest+1; racing rotations get distinct versions (retry on CAS). The
+        new version and its audit record are written in one transaction."""
+        with self._op(grant, "key.rotate", name) as op:
+            def attempt() -> TransitKey:
+                key = self._require(grant.ring, name)
+                n = key.latest_version + 1
+                if n > MAX_VERSION:
+                    raise LimitExceeded("the key has reached its maximum version",
+                                        reason="version_cap")
+                cap(n - key.min_available_version, self._settings.max_versions_per_key,
+                    "versions per key (trim the key to make room)")
+                wrapped = self._hsm.generate_aes(key.bits, key.context(n),
+                                                 exportable=key.allow_export)
+                new = replace(key, latest_version=n, updated_at=int(self._clock()))
+                op.note(key_version=n)
+                # the record's version is the lock: a concurrent rotation makes this fail
+                op.commit([Update(new.to_item(), key.item_version),
+                           Put(self._version_item(key, n, wrapped))])
+                return replace(new, item_version=key.item_version + 1)
+            return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+
+    def configure(self, grant: Grant, name: str, *, min_decryption_version: int | None = None,
+                  allow_delete: bool | None = None) -> TransitKey:
+        """Set min_decryption_version and/or allow_delete (beyond the vendor)."""
+        with self._op(grant, "key.config", name) as op:
+            if min_decryption_version is None and allow_delete is None:
+                raise InvalidInput("give min_decryption_version or allow_delete")
+
+            def attempt() -> TransitKey:
+                key = self._require(grant.ring, name)
+                changes: dict[str, Any] = {}
+                if min_decryption_version is not None:
+                    if not key.min_available_version <= min_decryption_version \
+                            <= key.latest_version:
+                        raise InvalidInput(
+                            f"min_decryption_version must be {key.min_available_version}.."
+                            f"{key.latest_version}", field="min_decryption_version")
+                    changes["min_decryption_version"] = min_decryption_version
+                if allow_delete is not None:
+                    changes["allow_delete"] = allow_delete
+                new = replace(key, updated_at=int(self._clock()), **changes)
+                op.note(key_version=new.latest_version)
+                op.commit([Update(new.to_item(), key.item_version)])
+                return replace(new, item_version=key.item_version + 1)
+            return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+
+    def trim(self, grant: Grant, name: str, min_available_version: int | None = None) \
+            -> TransitKey:
+        """Delete the versions below min_available_version (default: the key's
+        min_decryption_version, which it may not exceed), as Vault's trim: what they encrypted
+        can never be decrypted again. The record change and its audit record are one
+        transaction; the version records go after it (idempotently)."""
+        with self._op(grant, "key.trim", name) as op:
+            def attempt() -> TransitKey:
+                key = self._require(grant.ring, name)
+                floor = key.min_decryption_version if min_available_version is None \
+                    else min_available_version
+                if not key.min_available_version <= floor <= key.min_decryption_version:
+                    raise InvalidInput(
+                        f"min_available_version must be {key.min_available_version}.."
+                        f"{key.min_decryption_version} (the key's min_decryption_version)",
+                        field="min_available_version")
+                new = replace(key, min_available_version=floor, updated_at=int(self._clock()))
+                op.note(key_version=floor, count=floor - key.min_available_version)
+                op.commit([Update(new.to_item(), key.item_version)])
+                return replace(new, item_version=key.item_version + 1)
+            key = retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+        self._purge(key, below=key.min_available_version)
+        return key
+
+    def delete(self, grant: Grant, name: str) -> TransitKey:
+        """Delete a key and all its versions; refused unless allow_delete. The tombstone, the
+        count and the audit record are one transaction; the purge follows (resumable)."""
+        with self._op(grant, "key.delete", name) as op:
+            def attempt() -> TransitKey:
+                key = self._require(grant.ring, name)
+                if not key.allow_delete:
+                    raise InvalidState(f"deletion is not allowed for key {name} "
+                                       "(allow_delete is false)", reason="delete_not_allowed")
+                tomb = replace(key, state=DELETING, updated_at=int(self._clock()))
+                op.note(key_version=key.latest_version)
+                # conditional on the version read: a concurrent config change wins
+                op.commit([Update(tomb.to_item(), key.item_version),
+                           *self._count_ops(grant.ring, -1)])
+                return replace(tomb, item_version=key.item_version + 1)
+            tomb = retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+        self._purge(tomb)
+        return replace(tomb, state="active")
+
+    # ---- key use ----------------------------------------------------------------------------
+
+    def encrypt(self, grant: Grant, name: str, plaintext: bytes, *,
+                key_version: int | None = None, key_type: str | None = None) -> Encrypted:
+        """Encrypt under the latest (or a given) version; a caller who may also create keys
+        (`key.create`) creates a missing key (of `key_type`, default aes128-gcm96)."""
+        with self._op(grant, "encrypt", name) as op:
+            self._check_plaintext(plaintext)
+            if key_type is not None:
+                key_bits(key_type)
+            key = self._find(grant.ring, name)
+            created = False
+            if key is None:
+                if not grant.holds(*self.kind.needed(self.action("key.create"))):
+                    raise NotFound(f"key {name} not found", reason="key_not_found",
+                                   name=name, ring=grant.ring)
+                key, created = self._create_for_encrypt(grant, name,
+                                                        key_type or DEFAULT_KEY_TYPE)
+            n = self._pick(key, key_version, "key_version")
+            op.note(key_version=n)
+            return Encrypted(self._seal(key, n, plaintext), n, key, created)
+
+    def _create_for_encrypt(self, grant: Grant, name: str,
+                            key_type: str) -> tuple[TransitKey, bool]:
+        action = self.action("key.create")
+        try:
+            with self._audit.operation(grant.caller, action, self.obj(grant.ring, name)) as op:
+                op.note(type=key_type)
+                # made on first use with the defaults of create_key: export is never implied
+                key = self._insert_new(op, grant.ring, name, key_type, allow_export=False,
+                                       allow_backup=True, allow_delete=True, info="")
+            return key, True
+        except Conflict:
+            # created concurrently by another request: use that one
+            return self._require(grant.ring, name), False
+
+    def decrypt(self, grant: Grant, name: str, ciphertext: str) -> Decrypted:
+        """Decrypt; the version comes from the ciphertext prefix."""
+        with self._op(grant, "decrypt", name) as op:
+            key = self._require(grant.ring, name)
+            plaintext, n = self._open(key, ciphertext)
+            op.note(key_version=n)
+            return Decrypted(plaintext, n, key)
+
+    def rewrap(self, grant: Grant, name: str, ciphertext: str, *,
+               to_version: int | None = None) -> Encrypted:
+        """Re-encrypt a ciphertext under to_version (default latest); the plaintext never
+        leaves the service."""
+        with self._op(grant, "rewrap", name) as op:
+            key = self._require(grant.ring, name)
+            plaintext, old = self._open(key, ciphertext)
+            n = self._pick(key, to_version, "to_version")
+            op.note(from_version=old, to_version=n)
+            return Encrypted(self._seal(key, n, plaintext), n, key)
+
+    def datakey(self, grant: Grant, name: str, *, bits: int = DEFAULT_DATAKEY_BITS,
+                key_version: int | None = None) -> DataKey:
+        """A fresh random data key, encrypted under the named key; its plaintext too when the
+        grant is for the `plaintext` variant."""
+        with_plaintext = grant.variant == "plaintext"
+        with self._op(grant, "datakey", name) as op:
+            op.note(type="plaintext" if with_plaintext else "wrapped")
+            if type(bits) is not int or bits not in DATAKEY_BITS:
+                raise InvalidInput("bits must be 128, 256 or 512", field="bits")
+            op.note(bits=bits)  # validated first: only a valid value is audited
+            key = self._require(grant.ring, name)
+            n = self._pick(key, key_version, "key_version")
+            raw = self._hsm.random_bytes(bits // 8)
+            op.note(key_version=n)
+            return DataKey(self._seal(key, n, raw), raw if with_plaintext else None, n, bits,
+                           key)
+
+    # ---- export, backup, restore ------------------------------------------------------------
+
+    def export(self, grant: Grant, name: str, *,
+               key_version: int | None = None) -> tuple[TransitKey, dict[int, bytes]]:
+        """Raw material of one version, or of every version not below
+        min_decryption_version; only for keys created with allow_export."""
+        with self._op(grant, "key.export", name) as op:
+            key = self._require(grant.ring, name)
+            if not key.allow_export:
+                raise InvalidState(f"export is not allowed for key {name} "
+                                   "(allow_export is false)", reason="export_not_allowed")
+            if key_version is None:
+                versions = range(key.min_decryption_version, key.latest_version + 1)
+            else:
+                versions = range(self._pick(key, key_version, "key_version"), key_version + 1)
+            op.note(key_version=key_version, count=len(versions))
+            material: dict[int, bytes] = {}
+            for n in versions:
+                wrapped = self._version_key(key, n)
+                try:
+                    material[n] = self._hsm.export_secret(wrapped, key.context(n))
+                except (BindingError, Forbidden) as exc:
+                    # the record allows export: a blob that fails or refuses is not its own
+                    raise self._blob_failed(key, n) from exc
+            return key, material
+
+    def backup(self, grant: Grant, name: str) -> tuple[TransitKey, str]:
+        """A protected backup of the key and its available versions: wrapped blobs only,
+        restorable only by a service with the same KEK, into the same ring. Refused when it
+        would be larger than restore accepts (trim the key first)."""
+        with self._op(grant, "key.backup", name) as op:
+            key = self._require(grant.ring, name)
+            if not key.allow_backup:
+                raise InvalidState(f"backup is not allowed for key {name} "
+                                   "(allow_backup is false)", reason="backup_not_allowed")
+            meta = {
+                "type": key.type, "allow_export": key.allow_export,
+                "allow_backup": key.allow_backup, "allow_delete": key.allow_delete,
+                "info": key.info, "latest_version": key.latest_version,
+                "min_decryption_version": key.min_decryption_version, "origin": key.origin,
+                "vault": key.ring,  # the source ring: the only ring it restores into
+                "min_available_version": key.min_available_version,
+            }
+            available = key.latest_version - key.min_available_version + 1
+            cap(available - 1, self._settings.max_versions_per_key,
+                "versions in a backup (trim the key first)")
+            digest = _backup_digest(self.kind.name, meta)
+            versions = []
+            for n in range(key.min_available_version, key.latest_version + 1):
+                wrapped = self._version_key(key, n)
+                try:
+                    moved = self._hsm.rebind(wrapped, key.context(n),
+                                             _backup_context(self.kind.name, digest, n))
+                except BindingError as exc:
+                    raise self._blob_failed(key, n) from exc
+                versions.append({"key_version": n, "wrapped": _wrapped_to_json(moved)})
+            doc = {"format": _backup_format_name(self.kind.name), "v": BACKUP_FORMAT_VERSION,
+                   "key": meta, "versions": versions}
+            op.note(key_version=key.latest_version, count=len(versions))
+            raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+            return key, base64.b64encode(raw).decode("ascii")
+
+    def restore(self, grant: Grant, name: str, backup: str) -> TransitKey:
+        """Restore a backup under ring/name as a new key (all its versions).
+
+        Only into the ring the backup was taken from (InvalidInput otherwise: rings are
+        tenants, a backup never moves a key between them), under any free name; Conflict if
+        the name exists; IntegrityError if the backup was altered.
+        """
+        ring = grant.ring
+        with self._op(grant, "key.restore", name) as op:
+            meta, blobs = _parse_backup(self.kind.name, backup)
+            op.note(key_version=meta["latest_version"], type=meta["type"])
+            if _backup_ring(meta) != ring:
+                raise InvalidInput("the backup was taken from another ring: a backup restores "
+                                   "only into the ring it was taken from", field="backup",
+                                   reason="backup_foreign_ring")
+            if self._find(ring, name) is not None:
+                raise _exists(name)
+            now = int(self._clock())
+            objectid = _new_objectid()
+            lowest = meta.get("min_available_version", 1)
+            key = TransitKey(kind=self.kind.name, prefix=self.kind.store_prefix, ring=ring,
+                             name=name, type=meta["type"],
+                             latest_version=meta["latest_version"],
+                             min_decryption_version=meta["min_decryption_version"],
+                             allow_export=meta["allow_export"],
+                             allow_backup=meta["allow_backup"],
+                             allow_delete=meta["allow_delete"], info=meta["info"],
+                             objectid=objectid, origin=meta["origin"], created_at=now,
+                             updated_at=now, min_available_version=lowest, item_version=1)
+            digest = _backup_digest(self.kind.name, meta)
+            rebound: list[tuple[int, WrappedKey]] = []
+            for n, wrapped in enumerate(blobs, start=lowest):
+                if wrapped.kind != "aes" or wrapped.size != key.bits:
+                    raise IntegrityError("backup failed its integrity check")
+                try:
+                    rebound.append((n, self._hsm.rebind(
+                        wrapped, _backup_context(self.kind.name, digest, n), key.context(n))))
+                except IntegrityError as exc:  # the client's backup: its 400
+                    raise IntegrityError("backup failed its integrity check") from exc
+            if origin_ring(key.origin) != ring:
+                # the digest vouches for the metadata; we never wrote such a backup
+                raise IntegrityError("backup failed its integrity check")
+            # versions first (invisible until the record exists), then the record with its
+            # count and audit record, which decides the race for the name
+            for n, wrapped in rebound:
+                self._store.put_if_absent(self._version_item(key, n, wrapped))
+            try:
+                op.commit([*self._count_ops(ring, +1), Put(key.to_item())])
+            except (StoreTransactionCancelled, LimitExceeded) as exc:
+                self._purge(replace(key, state="active"))
+                if isinstance(exc, LimitExceeded):
+                    raise
+                raise _exists(name) from exc
+            return key
+
+
+def _exists(name: str) -> Conflict:
+    return Conflict(f"key {name} already exists", reason="key_exists", name=name)
+
+
+# ---- backups (pure) -------------------------------------------------------------------------
+
+def _backup_format_name(kind: str) -> str:
+    return f"keyfront-{kind}-backup"
+
+
+def _backup_context(kind: str, digest: str, version: int) -> str:
+    # Blobs inside a backup are bound to a digest of the backup's metadata, so editing any
+    # metadata (flags, versions, origin, source ring) makes the HSM refuse to rebind them on
+    # restore.
+    return f"{kind}-backup/{digest}/{version}"
+
+
+def _backup_format(meta: dict[str, Any]) -> int:
+    # Each format has exactly its own metadata fields (_parse_backup holds it to them).
+    if "min_available_version" in meta:
+        return BACKUP_FORMAT_VERSION
+    return 2 if "vault" in meta else 1
+
+
+def _backup_digest(kind: str, meta: dict[str, Any]) -> str:
+    canonical = json.dumps({"format": _backup_format_name(kind), "v": _backup_format(meta),
+                            "key": meta}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _backup_ring(meta: dict[str, Any]) -> str:
+    """The ring a backup was taken from: its "vault" (the field name of format 2, kept), or
+    for format 1 its origin's ring (covered by that digest too)."""
+    return meta["vault"] if "vault" in meta else origin_ring(meta["origin"])
+
+
+def _wrapped_to_json(key: WrappedKey) -> dict[str, Any]:
+    d = key.to_dict()
+    for k in ("blob", "public_der", "tag"):
+        if d[k] is not None:
+            d[k] = base64.b64encode(d[k]).decode("ascii")
+    return d
+
+
+def _wrapped_from_json(d: object) -> WrappedKey:
+    if not isinstance(d, dict):
+        raise ValueError("wrapped key is not an object")
+    d = dict(d)
+    for k in ("blob", "public_der", "tag"):
+        if d.get(k) is not None:
+            if not isinstance(d[k], str):
+                raise ValueError("binary fields are base64 strings")
+            d[k] = b64decode_strict(d[k])
+    for k in ("kind", "kek_label", "mechanism", "context"):
+        if not isinstance(d.get(k), str):
+            raise ValueError(f"{k} must be a string")
+    if type(d.get("size")) is not int or type(d.get("exportable")) is not bool:
+        raise ValueError("size is an int and exportable a bool")
+    return WrappedKey.from_dict(d)
+
+
+def _parse_backup(kind: str, backup: str) -> tuple[dict[str, Any], list[WrappedKey]]:
+    """Metadata and blobs of a backup string (format 3, 2 or 1); InvalidInput if it is not
+    one."""
+    try:
+        doc = json.loads(b64decode_strict(backup))
+        if not isinstance(doc, dict) or doc.get("format") != _backup_format_name(kind) \
+                or type(doc.get("v")) is not int or doc["v"] not in (1, 2, 3):
+            raise ValueError("not a backup")
+        meta, versions = doc["key"], doc["versions"]
+        if not isinstance(meta, dict) or not isinstance(versions, list):
+            raise ValueError("bad shape")
+        expect: dict[str, type] = {
+            "type": str, "allow_export": bool, "allow_backup": bool, "allow_delete": bool,
+            "info": str, "latest_version": int, "min_decryption_version": int, "origin": str}
+        if doc["v"] >= 2:
+            expect["vault"] = str
+        if doc["v"] >= 3:
+            expect["min_available_version"] = int
+        if set(meta) != set(expect) or any(type(meta[k]) is not t for k, t in expect.items()):
+            raise ValueError("bad metadata")
+        key_bits(meta["type"])
+        origin_ring(meta["origin"])
+        if "vault" in meta and not _PART_RE.match(meta["vault"]):
+            raise ValueError("bad ring")
+        latest, lowest = meta["latest_version"], meta["min_decryption_version"]
+        first = meta.get("min_available_version", 1)
+        if not 1 <= first <= lowest <= latest <= MAX_VERSION \
+                or len(versions) != latest - first + 1:
+            raise ValueError("bad versions")
+        blobs = []
+        for n, v in enumerate(versions, start=first):
+            if not isinstance(v, dict) or v.get("key_version") != n:
+                raise ValueError("versions must be in order")
+            blobs.append(_wrapped_from_json(v.get("wrapped")))
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError,
+            RecursionError, KeyfrontError) as exc:
+        # RecursionError: deeply nested JSON exhausts the parser's stack
+        raise InvalidInput("backup is not a valid key backup", field="backup") from exc
+    return meta, blobs
