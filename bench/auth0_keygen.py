@@ -59,15 +59,18 @@ class Ways:
     def __init__(self, port: int, token: str) -> None:
         # imported here: SOFTHSM2_CONF must be in os.environ before the PKCS#11 module loads
         from chalicelib.config import Settings
-        from chalicelib.core.auth0 import Auth0
+        from chalicelib.core.access import check
         from chalicelib.core.services import Services
         from chalicelib.core.tokens import Caller, Principal, Scope
+        from chalicelib.dialects.auth0.routes import signing_rings
 
         self.services = Services.build(Settings.from_env())
-        self.auth0 = Auth0(self.services)
+        self.auth0 = self.services.domain(signing_rings)
         principal = Principal("bench", "bench-inprocess",
                               (Scope.parse(f"auth0:{TENANT}:{SCOPES}"),), 2**40)
-        self.caller = Caller(principal, "bench")
+        caller = Caller(principal, "bench")
+        self.rotate_grant = check(caller, self.auth0.kind, TENANT,
+                                  self.auth0.action("connection_key.rotate"))
         self.http = Client("127.0.0.1", port, timeout=60)
         self.headers = {"Authorization": f"Bearer {token}"}
         self.con_http = self._connection("bench-http")
@@ -141,7 +144,7 @@ class Ways:
 
     def core(self, alg: str) -> None:
         """One connection-key rotation through the core, in-process."""
-        key = self.auth0.rotate_connection_keys(self.caller, TENANT, self.con_core, alg)
+        key = self.auth0.rotate_connection_keys(self.rotate_grant, self.con_core, alg)
         assert key.algorithm == alg
 
     def http_(self, alg: str) -> None:
@@ -174,7 +177,8 @@ def main() -> int:
     env = keyfront_env(tmp, LABEL)
     os.environ.update({k: env[k] for k in ("SOFTHSM2_CONF", "KEYFRONT_TOKEN_LABEL",
                                            "KEYFRONT_PIN", "KEYFRONT_STORE",
-                                           "KEYFRONT_SQLITE_PATH")})
+                                           "KEYFRONT_SQLITE_PATH",
+                                           "KEYFRONT_GENERATION_RATE")})
     proc, port, token = start_server(tmp, env)
     try:
         ways = Ways(port, token)

@@ -33,7 +33,9 @@ def keyfront_env(tmp: Path, label: str) -> dict[str, str]:
                     "log.level = ERROR\nslots.removable = false\n")
     env = {**os.environ, "SOFTHSM2_CONF": str(conf), "KEYFRONT_TOKEN_LABEL": label,
            "KEYFRONT_PIN": PIN, "KEYFRONT_STORE": "sqlite",
-           "KEYFRONT_SQLITE_PATH": str(tmp / "bench.sqlite3"), "KEYFRONT_ACCESS_LOG": "0"}
+           "KEYFRONT_SQLITE_PATH": str(tmp / "bench.sqlite3"), "KEYFRONT_ACCESS_LOG": "0",
+           # a benchmark generates keys as fast as it can: no per-token generation rate
+           "KEYFRONT_GENERATION_RATE": "0"}
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN,
                     "--so-pin", SO_PIN], env=env, check=True, capture_output=True)
     subprocess.run([str(VENV / "keyfront"), "hsm", "init"], env=env, check=True, cwd=ROOT,

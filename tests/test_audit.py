@@ -93,3 +93,23 @@ def test_record_on_a_whole_second_and_its_log_line(store):
         "time": "2027-01-15T08:00:00Z", "principal": "alice", "action": "key.read",
         "object": "storedsafe/1/k", "outcome": "success", "request_id": "req-1"}}
     assert "kf_x" not in line and "kf_secret-token" not in line
+
+
+def test_a_record_write_retried_after_a_lost_response_is_one_record(sqlite_store):
+    """A store client that retries a put whose response was lost finds its own record there
+    (DynamoDB answers ConditionalCheckFailed): that is success, not a failed request."""
+
+    class LostResponse:
+        def __init__(self, store):
+            self._store = store
+
+        def put_if_absent(self, item):
+            self._store.put_if_absent(item)  # written, then the response is lost: retried
+            return self._store.put_if_absent(item)
+
+        def __getattr__(self, name):
+            return getattr(self._store, name)
+
+    audit = AuditLog(LostResponse(sqlite_store))  # type: ignore[arg-type]
+    rec = audit.record(None, "test.retried", "obj", request_id="rid-lost")
+    assert [r["sk"] for r in audit.find(action="test.retried")] == [rec["sk"]]

@@ -8,19 +8,24 @@ import pytest
 from cryptography import x509
 
 from chalicelib.core.audit import AuditLog
-from chalicelib.core.auth0 import Auth0, tenant_of, tenant_ring
 from chalicelib.core.limits import GenerationRate
+from chalicelib.core.rotating import KEY_SK_PREFIX
 from chalicelib.core.services import Services
-from chalicelib.core.signing_keys import KEY_SK_PREFIX, RING_SK, check_state
+from chalicelib.core.signing import SigningRings, ring_of
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
 from chalicelib.errors import Forbidden, IntegrityError
 from chalicelib.formats.x509cert import load_pem
+from tests.auth0_support import domain, grant, ring_state_of, tenant_ring
 
 
 @pytest.fixture
-def auth0(settings, hsm, store):
-    return Auth0(Services(settings, store, hsm, TokenService(store), AuditLog(store),
-                          GenerationRate(store, settings)))
+def auth0(settings, hsm, store) -> SigningRings:
+    return domain(Services(settings, store, hsm, TokenService(store), AuditLog(store),
+                           GenerationRate(store, settings)))
+
+
+def tenant_of(principal: Principal) -> str:
+    return ring_of(principal, "auth0", "default")
 
 
 def _caller(*scopes: str) -> Caller:
@@ -45,10 +50,9 @@ def test_tenant_of_a_token():
 
 def test_ring_records_hold_only_wrapped_material_and_public_parts(auth0, store):
     caller = _caller(ALL)
-    keys = auth0.signing_keys(caller, "t1")
+    keys = auth0.signing_keys(grant(auth0, caller, "t1", "signing_key.list"))
     assert [(k.current, k.next) for k in keys] == [(True, False), (False, True)]
-    ring = store.get(tenant_ring("t1").pk, RING_SK)
-    check_state(ring)
+    ring_state_of(store, auth0, tenant_ring("t1"))
     for key in keys:
         item = store.get(tenant_ring("t1").pk, KEY_SK_PREFIX + key.kid)
         assert item["wrapped"]["context"] == f"auth0/t1/signing/{key.kid}"
@@ -68,19 +72,19 @@ def _spki():
 
 def test_a_blob_moved_to_another_key_record_cannot_sign(auth0, store):
     caller = _caller(ALL)
-    current, nxt = auth0.signing_keys(caller, "t1")[:2]
+    current, nxt = auth0.signing_keys(grant(auth0, caller, "t1", "signing_key.list"))[:2]
     pk = tenant_ring("t1").pk
     a = store.get(pk, KEY_SK_PREFIX + current.kid)
     b = store.get(pk, KEY_SK_PREFIX + nxt.kid)
     # swap: the current key's record now carries the next key's wrapped blob
     store.update_if_version({**a, "wrapped": b["wrapped"]}, a["version"])
-    signer = auth0.tenant_signer("t1")
+    signer = auth0.signer("t1")
     with pytest.raises(IntegrityError):
         auth0.rings._hsm.sign(signer.wrapped, signer.context, b"data", signer.scheme)
 
 
 def test_certificates_are_signed_by_the_key_they_certify(auth0):
-    keys = auth0.signing_keys(_caller(ALL), "t1")
+    keys = auth0.signing_keys(grant(auth0, _caller(ALL), "t1", "signing_key.list"))
     for key in keys:
         cert = x509.load_pem_x509_certificate(key.cert.encode())
         cert.verify_directly_issued_by(cert)
@@ -91,8 +95,10 @@ def test_long_connection_names_fit_the_certificate_and_subject_dn(auth0):
     caller = _caller(ALL)
     name = "n" + "-x" * 63 + "z"  # 128 characters, Auth0's maximum
     assert len(name) == 128
-    con = auth0.create_connection(caller, "t1", {"name": name, "strategy": "okta"})
-    keys = auth0.create_connection_keys(caller, "t1", con["id"], "ES256")
+    con = auth0.create_connection(grant(auth0, caller, "t1", "connection.create"),
+                                  {"name": name, "strategy": "okta"})
+    keys = auth0.create_connection_keys(grant(auth0, caller, "t1", "connection_key.create"),
+                                        con["id"], "ES256")
     for key in keys:
         assert key.subject_dn == "CN=" + name[:64] and len(key.subject_dn) <= 132
         assert len(key.cert) <= 4096 and len(key.pkcs7) <= 4096
@@ -116,3 +122,27 @@ def test_error_envelope_never_discloses_internals():
     r = render(Conflict("busy"), None, "rid")
     assert json.loads(r.body) == {"statusCode": 409, "error": "Conflict", "message": "busy",
                                   "errorCode": "conflict"}
+
+
+def test_expensive_generation_is_rate_limited_per_token(settings, hsm, store):
+    import dataclasses
+
+    from chalicelib.dialects.auth0.envelope import render
+    from chalicelib.errors import TooManyRequests
+
+    slow = dataclasses.replace(settings, generation_rate=3)
+    dom = domain(Services(slow, store, hsm, TokenService(store), AuditLog(store),
+                          GenerationRate(store, slow)))
+    caller = _caller(ALL)
+    dom.signing_keys(grant(dom, caller, "t1", "signing_key.list"))  # two key pairs
+    dom.rotate_signing_key(grant(dom, caller, "t1", "signing_key.rotate"))  # the third
+    with pytest.raises(TooManyRequests) as e:
+        dom.rotate_signing_key(grant(dom, caller, "t1", "signing_key.rotate"))
+    r = render(e.value, None, "rid")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert json.loads(r.body) == {
+        "statusCode": 429, "error": "Too Many Requests", "errorCode": "too_many_requests",
+        "message": "Global rate limit exceeded: too many key generations; try again later."}
+    denied = [a for a in dom._audit.find(action="auth0.signing_key.rotate")
+              if a["outcome"] == "failure"]
+    assert [a["details"] for a in denied] == [{"reason": "rate_limited"}]

@@ -460,16 +460,21 @@ def test_seal_matches_the_stored_connection_options_shape(hsm):
     assert json.loads(hsm.decrypt_gcm(ours_key, CTX, ours["ct"], CTX.encode())) == options
 
 
-def test_seal_json_and_connections_open_each_other(hsm):
-    connections = Connections(store=None, hsm=hsm)  # type: ignore[arg-type]
+def test_connections_keep_their_stored_shape_and_context(hsm):
+    """Connections seal options with seal_json in the shape and context they always had, so
+    options stored before they did still open."""
+    connections = Connections("p", "kind", store=None, hsm=hsm, attempts=1)  # type: ignore[arg-type]
     owner, cid, options = "t1", "con_abc", {"client_secret": "x", "n": 1}
-    context = Connections._options_context(owner, cid)
+    context = f"kind/{owner}/connections/{cid}/options"  # the context of stored options
     stored = connections._seal_options(owner, cid, options)
     assert material.open_json(hsm, context, {"key": stored["options_key"],
                                              "ct": stored["options_ct"]}) == options
-    ours = material.seal_json(hsm, context, options, field="options")
-    record = {"options_key": ours["key"], "options_ct": ours["ct"]}
-    assert connections._open_options(owner, cid, record) == options
+    # what was stored before (AES-GCM in the HSM, AAD = the context) opens through them
+    key = hsm.generate_aes(256, context)
+    data = json.dumps(options, separators=(",", ":"), sort_keys=True).encode()
+    record = {"id": cid, "options_key": key.to_dict(),
+              "options_ct": hsm.encrypt_gcm(key, context, data, context.encode())}
+    assert connections.options(owner, cid, record) == options
 
 
 # ---- export under a password ---------------------------------------------------------------

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.core.tokens import Caller
-from chalicelib.errors import Forbidden, KeyfrontError, MisplacedRecord
+from chalicelib.errors import Forbidden, KeyfrontError, MisplacedRecord, StoreConditionFailed
 from chalicelib.store import Op, Page, Put, Store
 
 log = logging.getLogger("keyfront.audit")
@@ -94,7 +94,14 @@ class AuditLog:
         """Write one record: time, principal, action, object, outcome, request id."""
         item = self.item(caller, action, obj, outcome, request_id=request_id,
                          principal=principal, **details)
-        self._store.put_if_absent(item)
+        try:
+            self._store.put_if_absent(item)
+        except StoreConditionFailed:
+            # Our own write, retried by the store client after a lost response, finds itself
+            # there: that is success. (Record sort keys carry 48 random bits: nothing else
+            # is at this place.)
+            if self._store.get(item["pk"], item["sk"]) is None:
+                raise
         self.logged(item)
         return item
 
@@ -149,11 +156,13 @@ class AuditLog:
         log.error("audit write failed for %s", action)
 
     @contextmanager
-    def operation(self, caller: Caller | None, action: str, obj: str) -> Iterator[Operation]:
+    def operation(self, caller: Caller | None, action: str, obj: str, *,
+                  principal: str | None = None) -> Iterator[Operation]:
         """Audit the enclosed operation once: success with its details (written in the same
         store transaction as the change when the change goes through `op.commit`), or its
-        refusal or failure, unexpected exceptions included."""
-        op = Operation(self, caller, action, obj)
+        refusal or failure, unexpected exceptions included. `principal` names the service
+        itself for work no caller asked for."""
+        op = Operation(self, caller, action, obj, principal)
         try:
             yield op
         except BaseException as exc:
@@ -161,7 +170,7 @@ class AuditLog:
                 self.refused(caller, action, obj, exc, op.details)
             raise
         if not op.committed:
-            self.record(caller, action, op.obj, "success", **op.details)
+            self.record(caller, action, op.obj, "success", principal=principal, **op.details)
 
     def day(self, day: str, *, limit: int = 100, cursor: str | None = None) -> Page:
         """Records of one UTC day (YYYY-MM-DD), oldest first."""
@@ -186,9 +195,11 @@ class AuditLog:
 class Operation:
     """One audited operation: its details, and the commit of its change with its record."""
 
-    def __init__(self, log_: AuditLog, caller: Caller | None, action: str, obj: str) -> None:
+    def __init__(self, log_: AuditLog, caller: Caller | None, action: str, obj: str,
+                 principal: str | None = None) -> None:
         self._log = log_
         self.caller = caller
+        self.principal = principal
         self.action = action
         self.obj = obj
         self.details: dict[str, Any] = {}
@@ -198,13 +209,20 @@ class Operation:
         """Add details to the record (only allow-listed keys are kept)."""
         self.details.update(details)
 
-    def commit(self, ops: Sequence[Op], *, obj: str | None = None) -> None:
+    def commit(self, ops: Sequence[Op], *, obj: str | None = None,
+               records: Sequence[tuple[str, dict[str, Any]]] | None = None) -> None:
         """Write `ops` and the success record in ONE store transaction: a change is never
         acknowledged without its record, nor recorded without having happened. Conditions
-        failing raise StoreTransactionCancelled (the record is not written either)."""
+        failing raise StoreTransactionCancelled (the record is not written either).
+
+        `records` (object, details) replace the one record where a change creates several
+        objects (one record each)."""
         if obj is not None:
             self.obj = obj
-        item = self._log.item(self.caller, self.action, self.obj, "success", **self.details)
-        self._log._store.transact([*ops, Put(item)])
+        items = [self._log.item(self.caller, self.action, o, "success",
+                                principal=self.principal, **d)
+                 for o, d in (records if records is not None else [(self.obj, self.details)])]
+        self._log._store.transact([*ops, *(Put(i) for i in items)])
         self.committed = True
-        self._log.logged(item)
+        for item in items:
+            self._log.logged(item)

@@ -88,7 +88,7 @@ def parsed(items: Iterator[dict[str, Any]], parse: Callable[[dict[str, Any]], T]
 
 def claim(pk: str, name: str, owner: str) -> Put:
     """The claim of `name` in partition pk by `owner` (fails if the name is taken)."""
-    return Put({"pk": pk, "sk": CLAIM_PREFIX + name, "owner": owner})
+    return Put({"pk": pk, "sk": CLAIM_PREFIX + name, "id": owner})
 
 
 def release(pk: str, name: str) -> Delete:
@@ -99,7 +99,7 @@ def release(pk: str, name: str) -> Delete:
 def claimed(store: Store, pk: str, name: str) -> str | None:
     """The owner of a claimed name, or None."""
     item = store.get(pk, CLAIM_PREFIX + name)
-    return None if item is None else str(item.get("owner") or item.get("id") or "")
+    return None if item is None else str(item.get("id") or "")
 
 
 def rename(pk: str, old: str, new: str, owner: str) -> list[Put | Delete]:

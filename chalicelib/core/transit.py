@@ -418,13 +418,7 @@ class TransitKeys:
         if len(data) > self._settings.max_plaintext_bytes + NONCE_BYTES + TAG_BYTES:
             raise LimitExceeded("ciphertext is larger than the largest plaintext allows",
                                 reason="ciphertext_too_large")
-        if version > key.latest_version:
-            raise NotFound(f"key version {version} of {key.name} not found",
-                           reason="version_not_found")
-        if version < key.min_decryption_version:
-            raise InvalidState(f"ciphertext version {version} is below the key's "
-                               f"min_decryption_version {key.min_decryption_version}",
-                               reason="version_retired")
+        self._pick(key, version, "ciphertext version")  # it exists and is not retired
         wrapped = self._version_key(key, version)
         try:
             plaintext = self._hsm.decrypt_gcm(wrapped, key.context(version), data,

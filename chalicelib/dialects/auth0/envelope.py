@@ -15,6 +15,7 @@ from chalicelib.errors import (
     InvalidInput,
     KeyfrontError,
     NotFound,
+    TooManyRequests,
     Unauthenticated,
     Unavailable,
 )
@@ -30,6 +31,27 @@ class QueryInvalid(InvalidInput):
     """The query string failed validation."""
 
     code = "invalid_query_string"
+
+
+# The core's neutral reasons in Auth0's words: (message, errorCode).
+REASONS: dict[str, tuple[str, str]] = {
+    "connection_not_found": ("Connection not found.", "inexistent_connection"),
+    "name_taken": ("A connection with the same name already exists", "connection_conflict"),
+    "keys_not_supported": ("Connection keys are only supported for the okta and oidc "
+                           "strategies.", "invalid_strategy"),
+    "ring_exists": ("Keys have already been created for this connection.",
+                    "connection_keys_exist"),
+    "key_not_found": ("Signing key not found.", "inexistent_signing_key"),
+    "ring_not_found": ("Tenant not found.", "inexistent_tenant"),
+    "key_not_revocable": ("Only a previously used signing key can be revoked.",
+                          "key_not_revocable"),
+    "key_revoked": ("The signing key has already been revoked.", "key_revoked"),
+    "busy": ("The keys are being changed concurrently; retry.", "conflict"),
+    "ambiguous_ring": ("The token is bound to more than one tenant.", "insufficient_scope"),
+    "invalid_ring": ("The token's tenant is not a valid tenant id.", "insufficient_scope"),
+    "rate_limited": ("Global rate limit exceeded: too many key generations; try again later.",
+                     "too_many_requests"),
+}
 
 
 def scope_message(needed: tuple[str, ...]) -> str:
@@ -60,17 +82,25 @@ def render(exc: KeyfrontError, request: object, rid: str) -> Response:
     if isinstance(exc, Unauthenticated):
         return json_response(401, body(401, exc.message, None),
                              {"WWW-Authenticate": 'Bearer realm="keyfront"'})
+    words = REASONS.get(exc.reason)
     if isinstance(exc, Forbidden):
-        message = scope_message(exc.needed) if exc.needed else exc.message
+        message = scope_message(exc.needed) if exc.needed else \
+            (words[0] if words else exc.message)
         return json_response(403, body(403, message, "insufficient_scope"))
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.params.get("retry_after", 1))}
+        return json_response(429, body(429, REASONS["rate_limited"][0], "too_many_requests"),
+                             headers)
     if isinstance(exc, InvalidInput) and type(exc) is InvalidInput:
         return json_response(400, body(400, exc.message, "invalid_body"))
     status = exc.status if 400 <= exc.status < 500 else 500
     if status == 500:
         return render(InternalError(rid), request, rid)
+    if words:
+        return json_response(status, body(status, words[0], words[1]))
     code = exc.code
-    if type(exc) is NotFound:
+    if isinstance(exc, NotFound):
         code = "inexistent_resource"
-    elif type(exc) in (Conflict,) or code in ("condition_failed", "transaction_cancelled"):
+    elif isinstance(exc, Conflict):
         code = "conflict"
     return json_response(status, body(status, exc.message, code))

@@ -7,14 +7,28 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chalicelib.core.connections import (
-    MAX_METADATA_CHARS,
-    MAX_METADATA_KEYS,
-    STRATEGIES,
-)
 from chalicelib.dialects.auth0.envelope import BodyInvalid, QueryInvalid
 
 M = TypeVar("M", bound=BaseModel)
+
+# Auth0's connection strategies (Management API v2 enum)
+STRATEGIES = frozenset({
+    "ad", "adfs", "amazon", "apple", "dropbox", "bitbucket", "aol", "auth0-oidc", "auth0",
+    "baidu", "bitly", "box", "custom", "daccount", "dwolla", "email", "evernote-sandbox",
+    "evernote", "exact", "facebook", "fitbit", "flickr", "github", "google-apps",
+    "google-oauth2", "instagram", "ip", "line", "linkedin", "miicard", "oauth1", "oauth2",
+    "office365", "oidc", "okta", "paypal", "paypal-sandbox", "pingfederate", "planningcenter",
+    "renren", "salesforce-community", "salesforce-sandbox", "salesforce", "samlp",
+    "sharepoint", "shopify", "shop", "sms", "soundcloud", "thecity-sandbox", "thecity",
+    "thirtysevensignals", "twitter", "untappd", "vkontakte", "waad", "weibo", "windowslive",
+    "wordpress", "yahoo", "yammer", "yandex",
+})
+# Only these strategies have connection keys (private_key_jwt towards the upstream IdP).
+KEY_STRATEGIES = frozenset({"okta", "oidc"})
+# Auth0: "up to 10 metadata properties, string values of at most 255 characters"; the
+# property names are bounded alike (and must not be empty: DynamoDB map keys cannot be).
+MAX_METADATA_KEYS = 10
+MAX_METADATA_CHARS = 255
 
 SigningAlgName = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384"]
 # Auth0: starts and ends with an alphanumeric, alphanumerics and '-' inside, at most 128
