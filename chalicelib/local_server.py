@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import sys
+import uuid
 from email.message import Message
 from typing import Any
 
@@ -32,6 +33,7 @@ from chalice.config import Config
 from chalice.deploy.validate import validate_routes
 from chalice.local import (
     ChaliceRequestHandler,
+    ForbiddenError,
     HeaderType,
     LambdaContext,
     LambdaEventConverter,
@@ -117,6 +119,20 @@ class KeyfrontLocalGateway(LocalGateway):
 
     def _generate_lambda_context(self) -> LambdaContext:
         return LambdaContext(**self._context_args)
+
+    def _generate_lambda_event(self, method: str, path: str, headers: HeaderType,
+                               body: bytes | None) -> Any:
+        # Chalice answers a path no route matches with API Gateway's 403, echoing the
+        # Authorization header into a hand-built JSON body (a non-ASCII one drops the
+        # connection; a quote breaks the JSON; a token is sent back). The same 403,
+        # without the echo.
+        try:
+            return super()._generate_lambda_event(method, path, headers, body)
+        except ValueError:
+            raise ForbiddenError(
+                {"x-amzn-RequestId": uuid.uuid4().hex,
+                 "x-amzn-ErrorType": "MissingAuthenticationTokenException"},
+                b'{"message": "Missing Authentication Token"}') from None
 
 
 def header_dict(headers: Message) -> dict[str, Any]:
