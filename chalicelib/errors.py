@@ -117,9 +117,10 @@ class MisplacedRecord(KeyfrontError):
     status = 500
     code = "internal_error"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, where: tuple[str, str] | None = None) -> None:
         super().__init__("internal error", reason="misplaced_record")
         self.detail = detail
+        self.where = where  # the (pk, sk) of the record, for the log and the audit object
 
 
 class Unavailable(KeyfrontError):

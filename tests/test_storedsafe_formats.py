@@ -15,6 +15,7 @@ from chalicelib.core.kinds import KINDS, TRANSIT
 from chalicelib.core.transit import TransitKey, TransitKeys, key_bits
 from chalicelib.dialects.storedsafe.models import validate_name, validate_vault
 from chalicelib.errors import InvalidInput, MisplacedRecord
+from chalicelib.formats import key_backup
 from chalicelib.formats.ciphertext import format_ciphertext, parse_ciphertext
 
 KIND = KINDS[TRANSIT]
@@ -26,14 +27,14 @@ def version_aad(origin: str, n: int) -> bytes:
 
 
 def _parse_backup(text: str):
-    return transit._parse_backup(TRANSIT, text)
+    return key_backup.parse_backup(TRANSIT, text, transit.KEY_TYPES)
 
 
 def _backup_digest(meta: dict) -> str:
-    return transit._backup_digest(TRANSIT, meta)
+    return key_backup.backup_digest(TRANSIT, meta)
 
 
-_backup_vault = transit._backup_ring
+_backup_vault = key_backup.backup_ring
 DATA = bytes(range(42))  # 12 nonce + 14 body + 16 tag: base64 without padding
 DATA_B64 = base64.b64encode(DATA).decode()
 

@@ -9,7 +9,7 @@ import base64
 import json
 from typing import Any
 
-from chalicelib.core.transit import _backup_context, _backup_digest
+from chalicelib.formats.key_backup import backup_context, backup_digest
 from chalicelib.hsm import WrappedKey
 from tests.storedsafe_support import API, SS, assert_fail, assert_success, b64, new_vault
 
@@ -114,14 +114,14 @@ def test_an_old_format_backup_restores_only_into_its_origin_vault(live_server):
     hsm = live_server.services.hsm
     meta_v1 = {k: v for k, v in doc["key"].items()
                if k not in ("vault", "min_available_version")}
-    old, new = _backup_digest("storedsafe", doc["key"]), _backup_digest("storedsafe", meta_v1)
+    old, new = backup_digest("storedsafe", doc["key"]), backup_digest("storedsafe", meta_v1)
     assert old != new
     for entry in doc["versions"]:
         n, w = entry["key_version"], entry["wrapped"]
         wrapped = WrappedKey.from_dict({**w, **{k: base64.b64decode(w[k])
                                                 for k in ("blob", "tag")}})
-        moved = hsm.rebind(wrapped, _backup_context("storedsafe", old, n),
-                           _backup_context("storedsafe", new, n))
+        moved = hsm.rebind(wrapped, backup_context("storedsafe", old, n),
+                           backup_context("storedsafe", new, n))
         entry["wrapped"] = {**w, "context": moved.context, "tag": b64(moved.tag)}
     v1 = _enc({**doc, "v": 1, "key": meta_v1})
     assert_fail(other.restore("k", v1), 400, token=other.token)

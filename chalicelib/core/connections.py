@@ -26,7 +26,7 @@ from typing import Any
 from chalicelib.core import material
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.records import Place, claim, claimed, release, retry, scan
+from chalicelib.core.records import Place, claim, claimed, parsed, release, retry, scan
 from chalicelib.errors import (
     Conflict,
     IntegrityError,
@@ -131,15 +131,10 @@ class Connections:
     def list(self, ring: str, on_misplaced: Callable[[MisplacedRecord], None]) \
             -> list[dict[str, Any]]:
         """Every connection record of the ring, by id; misplaced ones reported, left out."""
-        out: list[dict[str, Any]] = []
-        for record in scan(self._store, self.pk(ring), "con#"):
-            try:
-                self._in_place(record, ring, str(record["sk"]).removeprefix("con#"))
-            except MisplacedRecord as exc:
-                on_misplaced(exc)
-                continue
-            out.append(record)
-        return out
+        def parse(record: dict[str, Any]) -> dict[str, Any]:
+            self._in_place(record, ring, str(record["sk"]).removeprefix("con#"))
+            return record
+        return list(parsed(scan(self._store, self.pk(ring), "con#"), parse, on_misplaced))
 
     def _in_place(self, record: dict[str, Any], ring: str, cid: str) -> None:
         """MisplacedRecord unless the record found at (ring, cid) says it is that one."""

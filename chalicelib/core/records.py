@@ -42,12 +42,8 @@ class Place:
     def misplaced(self, why: str) -> MisplacedRecord:
         """The error for a record here that is not what its place says (never the client's
         doing: says where, never what the record holds)."""
-        return MisplacedRecord(f"the record at {self.pk} / {self.sk} {why}")
-
-
-def place_of(item: dict[str, Any]) -> Place:
-    """The place of an item returned by the store."""
-    return Place(str(item.get("pk")), str(item.get("sk")))
+        return MisplacedRecord(f"the record at {self.pk} / {self.sk} {why}",
+                               (self.pk, self.sk))
 
 
 def retry(attempt: Callable[[], T], attempts: int, *, what: str = "the object") -> T:
@@ -75,13 +71,17 @@ def scan(store: Store, pk: str, prefix: str = "", *, page: int = PAGE) \
 
 
 def parsed(items: Iterator[dict[str, Any]], parse: Callable[[dict[str, Any]], T],
-           on_misplaced: Callable[[MisplacedRecord, Place], None]) -> Iterator[T]:
-    """`parse` each item; a misplaced one is reported to `on_misplaced` and left out."""
+           on_misplaced: Callable[[MisplacedRecord], None]) -> Iterator[T]:
+    """`parse` each item (it raises MisplacedRecord for one that is not what its place
+    says); a misplaced one is reported to `on_misplaced` and left out. The one way every
+    list meets a misplaced record."""
     for item in items:
         try:
             yield parse(item)
         except MisplacedRecord as exc:
-            on_misplaced(exc, place_of(item))
+            if exc.where is None:
+                exc.where = (str(item.get("pk")), str(item.get("sk")))
+            on_misplaced(exc)
 
 
 # ---- name claims ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from cryptography import x509
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
 from chalicelib.core.limits import cap
-from chalicelib.core.records import Place, retry, scan
+from chalicelib.core.records import Place, parsed, retry, scan
 from chalicelib.errors import (
     Conflict,
     InvalidState,
@@ -477,12 +477,11 @@ class RotatingRings:
             -> Iterator[tuple[RingKey, dict[str, Any]]]:
         ring = self._store.get(ref.pk, RING_SK)
         head = _head(ring) if ring else {"current": "", "next": ""}
-        for item in scan(self._store, ref.pk, KEY_SK_PREFIX):
+
+        def parse(item: dict[str, Any]) -> tuple[RingKey, dict[str, Any]]:
             kid = str(item["sk"]).removeprefix(KEY_SK_PREFIX)
-            try:
-                yield self._view(ref, head, kid, item), item
-            except MisplacedRecord as exc:
-                on_misplaced(exc)
+            return self._view(ref, head, kid, item), item
+        yield from parsed(scan(self._store, ref.pk, KEY_SK_PREFIX), parse, on_misplaced)
 
     @staticmethod
     def _view(ref: RingRef, head: dict[str, Any], kid: str, record: dict[str, Any]) -> RingKey:

@@ -26,11 +26,8 @@ later (a read, a list, a create of the name) finishes an interrupted purge.
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -42,7 +39,7 @@ from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, Operation
 from chalicelib.core.keys import VersionCache
 from chalicelib.core.limits import cap
-from chalicelib.core.records import Place, read_head, retry, scan
+from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.errors import (
     BindingError,
     Conflict,
@@ -50,7 +47,6 @@ from chalicelib.errors import (
     IntegrityError,
     InvalidInput,
     InvalidState,
-    KeyfrontError,
     LimitExceeded,
     MisplacedRecord,
     NotFound,
@@ -61,9 +57,18 @@ from chalicelib.formats.ciphertext import (
     MAX_VERSION,
     NONCE_BYTES,
     TAG_BYTES,
-    b64decode_strict,
     format_ciphertext,
     parse_ciphertext,
+)
+from chalicelib.formats.key_backup import (
+    OBJECT_ID_RE,
+    backup_context,
+    backup_digest,
+    backup_document,
+    backup_ring,
+    origin_ring,
+    parse_backup,
+    wrapped_to_json,
 )
 from chalicelib.hsm import Hsm, WrappedKey
 from chalicelib.store import Op, Put, Store, Update
@@ -75,15 +80,12 @@ DEFAULT_KEY_TYPE = "aes128-gcm96"
 DATAKEY_BITS = (128, 256, 512)
 DEFAULT_DATAKEY_BITS = 256
 MAX_INFO_CHARS = 1024
-BACKUP_FORMAT_VERSION = 3  # 3 carries min_available_version; 2 names the source ring; 1 not
 DELETING = "deleting"
 # A backup's bytes per version (measured: ~330; bounded with room) and its fixed overhead:
 # what backup may produce, restore must accept (see restore_body_limit).
 BACKUP_BYTES_PER_VERSION = 640
 BACKUP_OVERHEAD_BYTES = 16 * 1024
 
-_ID_RE = re.compile(r"[0-9]{1,20}\Z")
-_PART_RE = re.compile(r"[^/]{1,128}\Z")
 
 
 def key_bits(key_type: object) -> int:
@@ -93,15 +95,6 @@ def key_bits(key_type: object) -> int:
         raise InvalidInput(f"unsupported key type; supported: {', '.join(KEY_TYPES)}",
                            field="type", reason="unsupported_key_type")
     return bits
-
-
-def origin_ring(origin: object) -> str:
-    """The ring of an origin "ring/name/objectid"; ValueError if it is not one."""
-    parts = origin.split("/") if isinstance(origin, str) else []
-    if len(parts) != 3 or not all(_PART_RE.match(p) for p in parts) \
-            or not _ID_RE.match(parts[2]):
-        raise ValueError("origin is not ring/name/objectid")
-    return parts[0]
 
 
 def version_aad(kind: str, origin: str, version: int) -> bytes:
@@ -208,7 +201,7 @@ class TransitKey:
             raise here.misplaced("names another key")
         try:
             objectid, origin = item["objectid"], item["origin"]
-            if not isinstance(objectid, str) or not _ID_RE.match(objectid) \
+            if not isinstance(objectid, str) or not OBJECT_ID_RE.match(objectid) \
                     or item["type"] not in KEY_TYPES:
                 raise ValueError("objectid or type")
             home = origin_ring(origin)
@@ -476,16 +469,16 @@ class TransitKeys:
     def list_keys(self, grant: Grant) -> list[TransitKey]:
         """Every key of the ring, by name (misplaced records left out, logged, audited)."""
         grant.require(self.action("key.list"))
+
+        def misplaced(exc: MisplacedRecord) -> None:
+            sk = exc.where[1] if exc.where else ""
+            name = sk[4:] if sk.startswith("key#") else ""
+            self._audit.refused(grant.caller, grant.action, self.obj(grant.ring, name[:128]),
+                                exc)
         out: list[TransitKey] = []
-        for item in scan(self._store, self._pk(grant.ring), "key#"):
-            try:
-                key = TransitKey.from_item(self.kind, grant.ring, item)
-            except MisplacedRecord as exc:
-                sk = item.get("sk")
-                name = sk[4:] if isinstance(sk, str) and sk.startswith("key#") else ""
-                self._audit.refused(grant.caller, self.action("key.list"),
-                                    self.obj(grant.ring, name[:128]), exc)
-                continue
+        for key in parsed(scan(self._store, self._pk(grant.ring), "key#"),
+                          lambda item: TransitKey.from_item(self.kind, grant.ring, item),
+                          misplaced):
             if key.state == DELETING:
                 self._purge(key)
                 continue
@@ -710,18 +703,17 @@ class TransitKeys:
             available = key.latest_version - key.min_available_version + 1
             cap(available - 1, self._settings.max_versions_per_key,
                 "versions in a backup (trim the key first)")
-            digest = _backup_digest(self.kind.name, meta)
+            digest = backup_digest(self.kind.name, meta)
             versions = []
             for n in range(key.min_available_version, key.latest_version + 1):
                 wrapped = self._version_key(key, n)
                 try:
                     moved = self._hsm.rebind(wrapped, key.context(n),
-                                             _backup_context(self.kind.name, digest, n))
+                                             backup_context(self.kind.name, digest, n))
                 except BindingError as exc:
                     raise self._blob_failed(key, n) from exc
-                versions.append({"key_version": n, "wrapped": _wrapped_to_json(moved)})
-            doc = {"format": _backup_format_name(self.kind.name), "v": BACKUP_FORMAT_VERSION,
-                   "key": meta, "versions": versions}
+                versions.append({"key_version": n, "wrapped": wrapped_to_json(moved)})
+            doc = backup_document(self.kind.name, meta, versions)
             op.note(key_version=key.latest_version, count=len(versions))
             raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
             return key, base64.b64encode(raw).decode("ascii")
@@ -735,9 +727,9 @@ class TransitKeys:
         """
         ring = grant.ring
         with self._op(grant, "key.restore", name) as op:
-            meta, blobs = _parse_backup(self.kind.name, backup)
+            meta, blobs = parse_backup(self.kind.name, backup, KEY_TYPES)
             op.note(key_version=meta["latest_version"], type=meta["type"])
-            if _backup_ring(meta) != ring:
+            if backup_ring(meta) != ring:
                 raise InvalidInput("the backup was taken from another ring: a backup restores "
                                    "only into the ring it was taken from", field="backup",
                                    reason="backup_foreign_ring")
@@ -755,14 +747,14 @@ class TransitKeys:
                              allow_delete=meta["allow_delete"], info=meta["info"],
                              objectid=objectid, origin=meta["origin"], created_at=now,
                              updated_at=now, min_available_version=lowest, item_version=1)
-            digest = _backup_digest(self.kind.name, meta)
+            digest = backup_digest(self.kind.name, meta)
             rebound: list[tuple[int, WrappedKey]] = []
             for n, wrapped in enumerate(blobs, start=lowest):
                 if wrapped.kind != "aes" or wrapped.size != key.bits:
                     raise IntegrityError("backup failed its integrity check")
                 try:
                     rebound.append((n, self._hsm.rebind(
-                        wrapped, _backup_context(self.kind.name, digest, n), key.context(n))))
+                        wrapped, backup_context(self.kind.name, digest, n), key.context(n))))
                 except IntegrityError as exc:  # the client's backup: its 400
                     raise IntegrityError("backup failed its integrity check") from exc
             if origin_ring(key.origin) != ring:
@@ -784,102 +776,3 @@ class TransitKeys:
 
 def _exists(name: str) -> Conflict:
     return Conflict(f"key {name} already exists", reason="key_exists", name=name)
-
-
-# ---- backups (pure) -------------------------------------------------------------------------
-
-def _backup_format_name(kind: str) -> str:
-    return f"keyfront-{kind}-backup"
-
-
-def _backup_context(kind: str, digest: str, version: int) -> str:
-    # Blobs inside a backup are bound to a digest of the backup's metadata, so editing any
-    # metadata (flags, versions, origin, source ring) makes the HSM refuse to rebind them on
-    # restore.
-    return f"{kind}-backup/{digest}/{version}"
-
-
-def _backup_format(meta: dict[str, Any]) -> int:
-    # Each format has exactly its own metadata fields (_parse_backup holds it to them).
-    if "min_available_version" in meta:
-        return BACKUP_FORMAT_VERSION
-    return 2 if "vault" in meta else 1
-
-
-def _backup_digest(kind: str, meta: dict[str, Any]) -> str:
-    canonical = json.dumps({"format": _backup_format_name(kind), "v": _backup_format(meta),
-                            "key": meta}, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _backup_ring(meta: dict[str, Any]) -> str:
-    """The ring a backup was taken from: its "vault" (the field name of format 2, kept), or
-    for format 1 its origin's ring (covered by that digest too)."""
-    return meta["vault"] if "vault" in meta else origin_ring(meta["origin"])
-
-
-def _wrapped_to_json(key: WrappedKey) -> dict[str, Any]:
-    d = key.to_dict()
-    for k in ("blob", "public_der", "tag"):
-        if d[k] is not None:
-            d[k] = base64.b64encode(d[k]).decode("ascii")
-    return d
-
-
-def _wrapped_from_json(d: object) -> WrappedKey:
-    if not isinstance(d, dict):
-        raise ValueError("wrapped key is not an object")
-    d = dict(d)
-    for k in ("blob", "public_der", "tag"):
-        if d.get(k) is not None:
-            if not isinstance(d[k], str):
-                raise ValueError("binary fields are base64 strings")
-            d[k] = b64decode_strict(d[k])
-    for k in ("kind", "kek_label", "mechanism", "context"):
-        if not isinstance(d.get(k), str):
-            raise ValueError(f"{k} must be a string")
-    if type(d.get("size")) is not int or type(d.get("exportable")) is not bool:
-        raise ValueError("size is an int and exportable a bool")
-    return WrappedKey.from_dict(d)
-
-
-def _parse_backup(kind: str, backup: str) -> tuple[dict[str, Any], list[WrappedKey]]:
-    """Metadata and blobs of a backup string (format 3, 2 or 1); InvalidInput if it is not
-    one."""
-    try:
-        doc = json.loads(b64decode_strict(backup))
-        if not isinstance(doc, dict) or doc.get("format") != _backup_format_name(kind) \
-                or type(doc.get("v")) is not int or doc["v"] not in (1, 2, 3):
-            raise ValueError("not a backup")
-        meta, versions = doc["key"], doc["versions"]
-        if not isinstance(meta, dict) or not isinstance(versions, list):
-            raise ValueError("bad shape")
-        expect: dict[str, type] = {
-            "type": str, "allow_export": bool, "allow_backup": bool, "allow_delete": bool,
-            "info": str, "latest_version": int, "min_decryption_version": int, "origin": str}
-        if doc["v"] >= 2:
-            expect["vault"] = str
-        if doc["v"] >= 3:
-            expect["min_available_version"] = int
-        if set(meta) != set(expect) or any(type(meta[k]) is not t for k, t in expect.items()):
-            raise ValueError("bad metadata")
-        key_bits(meta["type"])
-        origin_ring(meta["origin"])
-        if "vault" in meta and not _PART_RE.match(meta["vault"]):
-            raise ValueError("bad ring")
-        latest, lowest = meta["latest_version"], meta["min_decryption_version"]
-        first = meta.get("min_available_version", 1)
-        if not 1 <= first <= lowest <= latest <= MAX_VERSION \
-                or len(versions) != latest - first + 1:
-            raise ValueError("bad versions")
-        blobs = []
-        for n, v in enumerate(versions, start=first):
-            if not isinstance(v, dict) or v.get("key_version") != n:
-                raise ValueError("versions must be in order")
-            blobs.append(_wrapped_from_json(v.get("wrapped")))
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError,
-            RecursionError, KeyfrontError) as exc:
-        # RecursionError: deeply nested JSON exhausts the parser's stack
-        raise InvalidInput("backup is not a valid key backup", field="backup") from exc
-    return meta, blobs
