@@ -380,3 +380,17 @@ def test_restore_accepts_bodies_beyond_the_general_limit_and_trim(live_server):
     assert assert_success(r, 200)["min_available_version"] == "2"
     assert_fail(ss.decrypt("t", old), 400)
     assert_fail(ss.call("POST", f"/{ss.vault}/keys/missing/trim", {}), 404)
+
+
+def test_new_keys_are_not_exportable_unless_asked(live_server):
+    """allow_export defaults to false, as Vault's exportable: export is a choice at creation
+    (a key made by a first encrypt is not exportable either)."""
+    ss = SS(live_server)
+    assert_success(ss.create("plain"), 201)
+    assert ss.key("plain")["allow_export"] is False
+    assert "not allowed" in assert_fail(ss.export("plain"), 400)["ERRORS"][0]
+    ss.ok_encrypt("made-on-use", b"x")
+    assert ss.key("made-on-use")["allow_export"] is False
+    assert_success(ss.create("chosen", allow_export=True), 201)
+    assert ss.key("chosen")["allow_export"] is True
+    assert_success(ss.export("chosen"), 200)
