@@ -560,3 +560,18 @@ def test_storedsafe_routes_still_match_beside_auth0_routes(sqlite_server):
     # /api/v2/... static routes must not swallow the /api/{version}/transparent/... family
     r = sqlite_server.client().get("/api/v2/transparent/179/keys")
     assert not (isinstance(r.json, dict) and "statusCode" in r.json), r.text
+
+
+def test_odd_kids_are_404_and_validation_failures_are_audited(live_server):
+    api = Api(live_server, _tenant())
+    long_kid = "A" * 1100  # longer than a store key may be: never a kid of ours
+    for r in (api.get(f"/api/v2/keys/signing/{long_kid}"),
+              api.put(f"/api/v2/keys/signing/{long_kid}/revoke")):
+        assert r.status == 404 and r.json["errorCode"] == "inexistent_signing_key", r.text
+    # a body the dialect refuses after authorization is audited as the action's failure
+    r = api.post("/api/v2/connections", {"name": "bad-one", "strategy": "nope"})
+    assert r.status == 400 and r.json["errorCode"] == "invalid_body"
+    recs = [a for a in live_server.services.audit.find(action="auth0.connection.create")
+            if a["object"] == f"auth0/{api.tenant}/connections"]
+    assert [(a["outcome"], a["details"]) for a in recs] == \
+        [("failure", {"reason": "invalid_input"})]

@@ -13,8 +13,9 @@ from chalicelib.core.rotating import KEY_SK_PREFIX
 from chalicelib.core.services import Services
 from chalicelib.core.signing import SigningRings, ring_of
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
-from chalicelib.errors import Forbidden, IntegrityError
+from chalicelib.errors import Forbidden, IntegrityError, MisplacedRecord
 from chalicelib.formats.x509cert import load_pem
+from chalicelib.hsm import SignScheme, WrappedKey
 from tests.auth0_support import domain, grant, ring_state_of, tenant_ring
 
 
@@ -78,9 +79,13 @@ def test_a_blob_moved_to_another_key_record_cannot_sign(auth0, store):
     b = store.get(pk, KEY_SK_PREFIX + nxt.kid)
     # swap: the current key's record now carries the next key's wrapped blob
     store.update_if_version({**a, "wrapped": b["wrapped"]}, a["version"])
-    signer = auth0.signer("t1")
+    with pytest.raises(MisplacedRecord):  # refused before the HSM is asked to sign
+        auth0.signer("t1")
+    # and the blob itself, presented under the current key's context, fails in the HSM
     with pytest.raises(IntegrityError):
-        auth0.rings._hsm.sign(signer.wrapped, signer.context, b"data", signer.scheme)
+        auth0.rings._hsm.sign(WrappedKey.from_dict(b["wrapped"]),
+                              tenant_ring("t1").key_context(current.kid), b"data",
+                              SignScheme.RSA_PKCS1_SHA256)
 
 
 def test_certificates_are_signed_by_the_key_they_certify(auth0):

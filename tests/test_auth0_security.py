@@ -15,7 +15,7 @@ from chalicelib.core.rotating import KEY_SK_PREFIX
 from chalicelib.core.services import Services
 from chalicelib.core.signing import SigningRings
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
-from chalicelib.errors import IntegrityError, InvalidInput, MisplacedRecord, NotFound
+from chalicelib.errors import InvalidInput, MisplacedRecord, NotFound
 from tests.auth0_support import collect, connection_ring, domain, grant, tenant_ring
 from tests.test_auth0_api import Api
 
@@ -152,8 +152,21 @@ def test_a_signing_ring_copied_to_another_tenant_cannot_sign(auth0, store):
     _sign_with_current(auth0, src)  # the owner signs
     for item in store.query(src.pk).items:
         _copy_item(store, item, dst.pk)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(MisplacedRecord):
         _sign_with_current(auth0, dst)
+    # nor shown or published there as the other tenant's keys: reported and left out
+    seen: list[Exception] = []
+    assert auth0.rings.keys(dst, collect(seen)) == [] and len(seen) == 2
+    assert auth0.ring_jwks(beta) == {"keys": []}
+    # even with the blob's context edited to the new place: the HSM binding check refuses it
+    item = store.get(dst.pk, KEY_SK_PREFIX + store.get(dst.pk, "ring")["current"])
+    edited = {**item, "wrapped": {**item["wrapped"],
+                                  "context": dst.key_context(item["kid"])}}
+    store.update_if_version({k: v for k, v in edited.items() if k != "version"},
+                            item["version"])
+    with pytest.raises(MisplacedRecord):
+        _sign_with_current(auth0, dst)
+    assert auth0.ring_jwks(beta) == {"keys": []}
 
 
 def test_connection_keys_copied_to_another_connection_cannot_sign(auth0, store):
@@ -169,8 +182,9 @@ def test_connection_keys_copied_to_another_connection_cannot_sign(auth0, store):
     _sign_with_current(auth0, ra)
     for item in store.query(ra.pk).items:
         _copy_item(store, item, rb.pk)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(MisplacedRecord):
         _sign_with_current(auth0, rb)
+    assert auth0.connection_jwks(tenant, b["id"]) == {"keys": []}
 
 
 def test_core_reads_check_the_record_location(auth0, store):

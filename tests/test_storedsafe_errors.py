@@ -153,3 +153,15 @@ def test_methods_and_routes_outside_the_family_are_4xx(live_server):
     assert 400 <= ss.call("PUT", f"/{ss.vault}/keys/k", {}).status < 500
     assert 400 <= ss.call("GET", f"/{ss.vault}/encrypt/k").status < 500
     assert 400 <= ss.call("GET", f"/{ss.vault}/nothing/here").status < 500
+
+
+def test_refusals_of_the_dialect_after_authorization_are_audited(live_server):
+    ss = SS(live_server)
+    assert_success(ss.create("k"), 201)
+    assert_fail(ss.call("POST", f"/{ss.vault}/encrypt/k", {"plaintext": "!!notbase64"}), 400)
+    assert_fail(ss.call("POST", f"/{ss.vault}/datakey/bogus/k", {}), 400)
+    audit = live_server.services.audit
+    obj = f"storedsafe/{ss.vault}/k"
+    for action in ("storedsafe.encrypt", "storedsafe.datakey"):
+        [rec] = audit.find(action=action, obj=obj)
+        assert rec["outcome"] == "failure" and rec["details"] == {"reason": "invalid_input"}

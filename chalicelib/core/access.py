@@ -28,6 +28,7 @@ class Grant:
     action: str
     variant: str | None
     held: frozenset[str]  # effective permissions on the ring (implications applied)
+    obj: str = ""  # the audit object the request is about
 
     def holds(self, *perms: str) -> bool:
         """Does the caller also hold these (e.g. write, to create a key on first encrypt)?"""
@@ -45,14 +46,14 @@ def held(caller: Caller, kind: RingKind, ring: str) -> frozenset[str]:
 
 
 def check(caller: Caller, kind: RingKind, ring: str, action: str,
-          variant: str | None = None) -> Grant:
+          variant: str | None = None, obj: str = "") -> Grant:
     """The grant, or Forbidden naming the permissions needed. One answer whether or not the
     ring or the object exists (no existence oracle). Not audited: see `authorize`."""
     perms = held(caller, kind, ring)
     needed = kind.needed(action, variant)
     if not all(p in perms for p in needed):
         raise Forbidden("insufficient permission", needed=needed, reason="permission_missing")
-    return Grant(caller, kind, ring, action, variant, perms)
+    return Grant(caller, kind, ring, action, variant, perms, obj)
 
 
 def authorize(audit: AuditLog, caller: Caller, kind: RingKind, ring: str, action: str,
@@ -60,7 +61,7 @@ def authorize(audit: AuditLog, caller: Caller, kind: RingKind, ring: str, action
     """`check`, with a refusal audited as "denied" (reason permission_missing) under `action`
     and `obj`. The one place a request's permission is decided."""
     try:
-        return check(caller, kind, ring, action, variant)
+        return check(caller, kind, ring, action, variant, obj)
     except Forbidden as exc:
         audit.refused(caller, action, obj, exc)
         raise

@@ -54,6 +54,29 @@ def _escape(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_AUDITED = "_keyfront_audited"
+
+
+def mark_audited(exc: BaseException) -> None:
+    """Remember that this refusal or failure has its audit record (so that the request's last
+    line of defence does not write a second one)."""
+    setattr(exc, _AUDITED, True)
+
+
+def was_audited(exc: BaseException) -> bool:
+    """Has this refusal or failure been audited already?"""
+    return bool(getattr(exc, _AUDITED, False))
+
+
+def _neutral_code(exc: BaseException) -> str:
+    """The code of the error's class in the one hierarchy (a dialect's subclass may carry
+    its vendor's code; the record keeps the neutral one)."""
+    for cls in type(exc).__mro__:
+        if issubclass(cls, KeyfrontError) and cls.__module__ == KeyfrontError.__module__:
+            return cls.code
+    return "internal_error"
+
+
 def object_name(name: str) -> str:
     """An audit object name that can always be written: cut to MAX_OBJECT_CHARS, anything
     that is not valid UTF-8 (a lone surrogate from a client's id) escaped."""
@@ -139,7 +162,8 @@ class AuditLog:
         unexpected). A misplaced record is also logged as an error. If the record cannot be
         written with its details it is written without; if not at all, that is logged and
         the original error is the one reported."""
-        reason = exc.code if isinstance(exc, KeyfrontError) else "internal_error"
+        mark_audited(exc)
+        reason = _neutral_code(exc)
         outcome = "denied" if isinstance(exc, Forbidden) else "failure"
         if isinstance(exc, MisplacedRecord):
             log.error(json.dumps({"level": "error", "event": "stored record rejected",

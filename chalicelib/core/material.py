@@ -451,7 +451,8 @@ def _parse_document(document: object, field: str) -> tuple[dict[str, Any], bytes
             _b64decode(doc["ct"])
     except InvalidInput:
         raise
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested JSON exhausts the parser's stack
         raise InvalidInput("the document is not a key export document", field=field) from None
     if not (_SCRYPT_N_RANGE[0] <= n <= _SCRYPT_N_RANGE[1] and n & (n - 1) == 0
             and 1 <= r <= 16 and 1 <= p <= 4 and 128 * n * r <= _SCRYPT_MAX_MEMORY

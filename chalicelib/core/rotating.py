@@ -27,6 +27,7 @@ disagrees is a MisplacedRecord.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
@@ -42,6 +44,7 @@ from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, retry, scan
 from chalicelib.errors import (
     Conflict,
+    IntegrityError,
     InvalidState,
     MisplacedRecord,
     NotFound,
@@ -76,6 +79,9 @@ SIGN_SCHEMES: dict[str, SignScheme] = {
     "PS384": SignScheme.RSA_PSS_SHA384, "ES256": SignScheme.ECDSA_SHA256,
     "ES384": SignScheme.ECDSA_SHA384,
 }
+
+
+_KID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 def key_not_found() -> NotFound:
@@ -228,6 +234,17 @@ def revoke_key(head: dict[str, Any], slot: dict[str, Any] | None, kid: str, now:
     return {"slot": "revoked", "revoked_at": now, "wrapped": None}
 
 
+def _bound_context(record: dict[str, Any]) -> str | None:
+    """The HSM context a key item says it belongs to: its blob's, or for a revoked key (its
+    blob destroyed) the one recorded when it was revoked."""
+    wrapped = record.get("wrapped")
+    if isinstance(wrapped, dict):
+        context = wrapped.get("context")
+        return context if isinstance(context, str) else ""
+    context = record.get("context")
+    return context if isinstance(context, str) else None
+
+
 def slot_of(head: dict[str, Any], kid: str, item: dict[str, Any]) -> dict[str, Any]:
     """A key's slot fields: the head decides current and next; otherwise the item's own
     (or, for a ring written before heads were bounded, the head's lists)."""
@@ -310,8 +327,8 @@ class RotatingRings:
         """One key of the ring; NotFound if it is not (or no longer) in the ring, a
         MisplacedRecord if the item there is another key."""
         ring = self._store.get(ref.pk, RING_SK)
-        if ring is None or not isinstance(kid, str):
-            raise key_not_found()
+        if ring is None or not isinstance(kid, str) or not _KID_RE.match(kid):
+            raise key_not_found()  # a kid we never make is not in any ring
         record = self._store.get(ref.pk, KEY_SK_PREFIX + kid)
         if record is None:
             raise key_not_found()
@@ -402,6 +419,9 @@ class RotatingRings:
 
     def revoke(self, op: Operation, ref: RingRef, kid: str) -> RingKey:
         """Revoke a previous key: its wrapped private key is dropped, it leaves the JWKS."""
+        if not isinstance(kid, str) or not _KID_RE.match(kid):
+            raise key_not_found()
+
         def attempt() -> RingKey:
             ring = self._settled(ref)
             record = self._store.get(ref.pk, KEY_SK_PREFIX + kid)
@@ -411,7 +431,7 @@ class RotatingRings:
             change = revoke_key(head, None if record is None
                                 else slot_of(head, kid, record), kid,
                                 iso_millis(self._clock()))
-            shredded = {**_stored(record or {}), **change}
+            shredded = {**_stored(record or {}), **change, "context": ref.key_context(kid)}
             op.note(kid=kid, algorithm=shredded.get("algorithm"), slot="revoked")
             published = max(0, int(head.get("published", 3)) - 1)
             op.commit([Update({"pk": ref.pk, "sk": RING_SK, **head, "published": published},
@@ -483,11 +503,28 @@ class RotatingRings:
             return self._view(ref, head, kid, item), item
         yield from parsed(scan(self._store, ref.pk, KEY_SK_PREFIX), parse, on_misplaced)
 
-    @staticmethod
-    def _view(ref: RingRef, head: dict[str, Any], kid: str, record: dict[str, Any]) -> RingKey:
-        """The key found at ref/kid; MisplacedRecord if the item says it is another key."""
+    def _view(self, ref: RingRef, head: dict[str, Any], kid: str,
+              record: dict[str, Any]) -> RingKey:
+        """The key found at ref/kid; MisplacedRecord if the item is another key or belongs
+        to another ring: its kid, the context its blob is bound to (checked in the HSM, so an
+        edited context does not pass) and its certificate's public key must all be this
+        place's."""
+        here = ref.place(kid)
         if record.get("kid") != kid:
-            raise ref.place(kid).misplaced("names another key")
+            raise here.misplaced("names another key")
+        bound = _bound_context(record)
+        if bound is not None and bound != ref.key_context(kid):
+            raise here.misplaced("is bound to another ring")
+        if isinstance(record.get("wrapped"), dict):
+            try:
+                wrapped = WrappedKey.from_dict(record["wrapped"])
+                self._hsm.check_binding(wrapped, ref.key_context(kid))
+                cert_key = load_pem(record["cert"]).public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            except (IntegrityError, KeyError, TypeError, ValueError) as exc:
+                raise here.misplaced("failed its HSM binding check") from exc
+            if cert_key != wrapped.public_der:
+                raise here.misplaced("certifies another key")
         slot = slot_of(head, kid, record)
         try:
             return RingKey(

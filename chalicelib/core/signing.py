@@ -230,8 +230,13 @@ class SigningRings:
         """The connection's public JWKS (public by nature)."""
         if not valid_ring(ring):
             raise connection_not_found()
-        con = self._keyed_connection(ring, cid)
-        return self.rings.jwks(self.connection_ref(ring, con), self._public_misplaced(ring))
+        report = self._public_misplaced(ring)
+        try:
+            con = self._keyed_connection(ring, cid)
+        except MisplacedRecord as exc:
+            report(exc)  # logged and audited like every misplaced record, then a 500
+            raise
+        return self.rings.jwks(self.connection_ref(ring, con), report)
 
     # ---- the ring's own signing keys ---------------------------------------------------------
 

@@ -17,6 +17,9 @@ from chalice import Response
 from chalice.app import Request
 from pydantic import BaseModel, ValidationError
 
+from chalicelib.core.access import Grant
+from chalicelib.core.audit import was_audited
+from chalicelib.core.services import get_services
 from chalicelib.errors import InvalidInput, KeyfrontError
 from chalicelib.formats.strict_json import json_problem
 
@@ -107,12 +110,29 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 ErrorRenderer = Callable[[KeyfrontError, Request, str], Response]
 
 
+GRANT_ATTR = "_keyfront_grant"
+
+
+def remember_grant(request: Request, grant: Grant) -> Grant:
+    """Keep the request's grant: a refusal raised after authorization (a bad body, a bad
+    parameter) is then audited under the grant's action and object by `guarded`."""
+    setattr(request, GRANT_ATTR, grant)
+    return grant
+
+
+def _audit_unrecorded(request: Request, exc: BaseException) -> None:
+    grant = getattr(request, GRANT_ATTR, None)
+    if grant is not None and not was_audited(exc):
+        get_services().audit.refused(grant.caller, grant.action, grant.obj, exc)
+
+
 def guarded(app_or_bp: Any, render: ErrorRenderer) -> Callable[[Callable[..., Response]],
                                                                Callable[..., Response]]:
     """Wrap a view: KeyfrontError -> render(...); anything else -> logged, a generic 500.
 
-    The 500 body says only "internal error" and the request id; the log line is JSON with
-    the exception type and traceback, never request bodies.
+    Every refusal or failure after authorization that the core did not audit (the dialect's
+    own validation) is audited here. The 500 body says only "internal error" and the request
+    id; the log line is JSON with the exception type and traceback, never request bodies.
     """
 
     def deco(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -123,8 +143,13 @@ def guarded(app_or_bp: Any, render: ErrorRenderer) -> Callable[[Callable[..., Re
             try:
                 return view(*args, **kwargs)
             except KeyfrontError as exc:
+                _audit_unrecorded(request, exc)
                 return render(exc, request, rid)
             except Exception as exc:  # noqa: BLE001 - the last line of defence
+                try:
+                    _audit_unrecorded(request, exc)
+                except Exception:  # noqa: BLE001 - the 500 is the answer, whatever else fails
+                    log.exception("audit of an unexpected failure failed")
                 log.error(json.dumps({
                     "level": "error", "request_id": rid, "path": request.path,
                     "method": request.method, "error": type(exc).__name__,
@@ -148,4 +173,4 @@ class InternalError(KeyfrontError):
 
 
 __all__ = ["InternalError", "StrictJsonError", "guarded", "header", "json_object",
-           "json_response", "parse", "request_id"]
+           "json_response", "parse", "remember_grant", "request_id"]

@@ -646,6 +646,13 @@ class Hsm:
             return b""
         return self._ts.run(lambda state: bytes(state.session.generate_random(n * 8)))
 
+    def check_binding(self, key: WrappedKey, context: str) -> None:
+        """BindingError unless the blob is bound to `context` (its tag checks out in the HSM),
+        without unwrapping it: for reads that show a key's public parts."""
+        _require_context(context)
+        message = _key_message(key, context)
+        self._ts.run(lambda state: self._verify(state, key, context, message))
+
     def export_secret(self, key: WrappedKey, context: str) -> bytes:
         """The raw material of an exportable secret key; errors.Forbidden if not exportable."""
         if key.kind not in ("aes", "secret"):

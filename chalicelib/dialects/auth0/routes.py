@@ -51,6 +51,7 @@ from chalicelib.dialects.http import (
     header,
     json_object,
     json_response,
+    remember_grant,
     request_id,
 )
 from chalicelib.errors import Unauthenticated
@@ -84,7 +85,8 @@ def _grant(verb: str, *parts: str) -> Grant:
         principal = get_services().tokens.authenticate(token.strip())
     except Unauthenticated:
         raise Unauthenticated("Invalid token") from None
-    return _domain().authorize(Caller(principal, request_id(request)), verb, *parts)
+    grant = _domain().authorize(Caller(principal, request_id(request)), verb, *parts)
+    return remember_grant(request, grant)
 
 
 def _body() -> dict[str, Any]:

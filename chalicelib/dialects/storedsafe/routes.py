@@ -31,6 +31,7 @@ from chalicelib.dialects.http import (
     header,
     json_object,
     parse,
+    remember_grant,
     request_id,
 )
 from chalicelib.dialects.storedsafe import envelope
@@ -121,8 +122,9 @@ def _begin(version: str, params: dict[str, str], *, action: str, variant: str | 
         validate_name(name)
     core = services.domain(transit_keys)
     caller = Caller(principal, request_id(request))
-    grant = authorize(services.audit, caller, KIND, vault, f"{TRANSIT}.{action}",
-                      core.obj(vault, name or ""), variant)
+    grant = remember_grant(request, authorize(services.audit, caller, KIND, vault,
+                                              f"{TRANSIT}.{action}",
+                                              core.obj(vault, name or ""), variant))
     return _Call(request, state, grant, core, services)
 
 
