@@ -205,6 +205,8 @@ def test_a_key_record_is_read_from_where_it_is_found():
         {**ITEM, "objectid": 123456789012},
         {**ITEM, "type": "rsa-2048"},
         {**ITEM, "min_decryption_version": 3},
+        {**ITEM, "state": "zombie"},  # not a lifecycle state
+        {**ITEM, "min_available_version": 2},  # above min_decryption_version
         {k: v for k, v in ITEM.items() if k != "origin"},
     ):
         with pytest.raises(StoredRecordError) as e:

@@ -1,5 +1,9 @@
 """Keys: what every key domain shares about key records and their versions.
 
+Lifecycle: a key record is `active` until it is deleted; deletion first turns it into a
+`deleting` tombstone (written with the deletion's audit record), which reads treat as absent
+and whoever meets it purges (its versions, then itself).
+
 Version records are immutable once written (a version's wrapped blob never changes; it is only
 ever deleted), so they are cached in-process, bounded, keyed by their place.
 """
@@ -8,10 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from enum import StrEnum
 
 from chalicelib.hsm import WrappedKey
 
 VERSION_CACHE_SIZE = 4096
+
+
+class KeyState(StrEnum):
+    """Where a key record is in its life (stored as its value)."""
+
+    ACTIVE = "active"
+    DELETING = "deleting"  # a tombstone: gone for every read, its purge pending
 
 
 class VersionCache:

@@ -37,7 +37,7 @@ from typing import Any
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, Operation
-from chalicelib.core.keys import VersionCache
+from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.errors import (
@@ -80,7 +80,6 @@ DEFAULT_KEY_TYPE = "aes128-gcm96"
 DATAKEY_BITS = (128, 256, 512)
 DEFAULT_DATAKEY_BITS = 256
 MAX_INFO_CHARS = 1024
-DELETING = "deleting"
 # A backup's bytes per version (measured: ~330; bounded with room) and its fixed overhead:
 # what backup may produce, restore must accept (see restore_body_limit).
 BACKUP_BYTES_PER_VERSION = 640
@@ -138,7 +137,7 @@ class TransitKey:
     created_at: int
     updated_at: int
     min_available_version: int = 1  # versions below were trimmed away
-    state: str = "active"  # or DELETING (a tombstone being purged)
+    state: KeyState = KeyState.ACTIVE
     item_version: int = 0  # the store's optimistic-concurrency version of the record
 
     @property
@@ -182,8 +181,8 @@ class TransitKey:
         # written only when they differ from what records older than them meant
         if self.min_available_version != 1:
             item["min_available_version"] = self.min_available_version
-        if self.state != "active":
-            item["state"] = self.state
+        if self.state != KeyState.ACTIVE:
+            item["state"] = str(self.state)
         return item
 
     @classmethod
@@ -217,13 +216,13 @@ class TransitKey:
                 objectid=objectid, origin=origin,
                 created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
                 min_available_version=int(item.get("min_available_version", 1)),
-                state=str(item.get("state", "active")),
+                state=KeyState(item.get("state", KeyState.ACTIVE)),
                 item_version=int(item["version"]),
             )
+            # (KeyState() refuses an unknown state with ValueError: malformed)
             if not 1 <= key.min_available_version <= key.min_decryption_version \
-                    <= key.latest_version <= MAX_VERSION \
-                    or key.state not in ("active", DELETING):
-                raise ValueError("versions or state")
+                    <= key.latest_version <= MAX_VERSION:
+                raise ValueError("versions")
         except (KeyError, TypeError, ValueError) as exc:
             raise here.misplaced("is malformed") from exc
         if home != ring:
@@ -304,7 +303,7 @@ class TransitKeys:
         if item is None:
             return None
         key = TransitKey.from_item(self.kind, ring, item)
-        if key.state == DELETING:
+        if key.state == KeyState.DELETING:
             self._purge(key)  # finish an interrupted deletion: the key is gone
             return None
         return key
@@ -354,7 +353,7 @@ class TransitKeys:
             except StoreConditionFailed:
                 pass  # someone else removed it
         self._versions.drop(key.versions_pk, below)
-        if below is None and key.state == DELETING:
+        if below is None and key.state == KeyState.DELETING:
             try:
                 self._store.delete_if(key.pk, key.sk, key.item_version)
             except StoreConditionFailed:
@@ -368,7 +367,7 @@ class TransitKeys:
         count = head.state.get("keys")
         if not isinstance(count, int):  # a ring from before heads: count once
             count = sum(1 for it in scan(self._store, self._pk(ring), "key#")
-                        if it.get("state", "active") == "active")
+                        if it.get("state", KeyState.ACTIVE) == KeyState.ACTIVE)
         if delta > 0:
             cap(count, self._settings.max_keys_per_ring, "keys per ring")
         return [head.replaced({**head.state, "keys": max(0, count + delta)})]
@@ -481,7 +480,7 @@ class TransitKeys:
         for key in parsed(scan(self._store, self._pk(grant.ring), "key#"),
                           lambda item: TransitKey.from_item(self.kind, grant.ring, item),
                           misplaced):
-            if key.state == DELETING:
+            if key.state == KeyState.DELETING:
                 self._purge(key)
                 continue
             out.append(key)
@@ -577,7 +576,7 @@ class TransitKeys:
                 if not key.allow_delete:
                     raise InvalidState(f"deletion is not allowed for key {name} "
                                        "(allow_delete is false)", reason="delete_not_allowed")
-                tomb = replace(key, state=DELETING, updated_at=int(self._clock()))
+                tomb = replace(key, state=KeyState.DELETING, updated_at=int(self._clock()))
                 op.note(key_version=key.latest_version)
                 # conditional on the version read: a concurrent config change wins
                 op.commit([Update(tomb.to_item(), key.item_version),
@@ -585,7 +584,7 @@ class TransitKeys:
                 return replace(tomb, item_version=key.item_version + 1)
             tomb = retry(attempt, self._settings.retry_attempts, what=f"key {name}")
         self._purge(tomb)
-        return replace(tomb, state="active")
+        return replace(tomb, state=KeyState.ACTIVE)
 
     # ---- key use ----------------------------------------------------------------------------
 
@@ -778,7 +777,7 @@ class TransitKeys:
             try:
                 return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
             except KeyfrontError:
-                self._purge(replace(key, state="active"))
+                self._purge(replace(key, state=KeyState.ACTIVE))
                 raise
 
 
