@@ -9,6 +9,7 @@ from chalice import Chalice
 from chalicelib import admin
 from chalicelib.dialects import service
 from chalicelib.dialects.auth0 import bp as auth0_bp
+from chalicelib.dialects.miarec import bp as miarec_bp
 from chalicelib.dialects.storedsafe import bp as storedsafe_bp
 
 app = Chalice(app_name="keyfront")
@@ -16,6 +17,7 @@ app.log.setLevel(logging.INFO)
 app.register_blueprint(service.bp)
 app.register_blueprint(auth0_bp)
 app.register_blueprint(storedsafe_bp)
+app.register_blueprint(miarec_bp)
 
 
 @app.lambda_function(name="admin")

@@ -398,5 +398,90 @@ AUTH0 = Dialect(
 )
 
 
-DIALECTS: tuple[Dialect, ...] = (STOREDSAFE, AUTH0)
-"""Every dialect the conformance suite runs against (MiaRec, AI-VAULT, Apinizer: add here)."""
+# ---- MiaRec REST API v2 --------------------------------------------------------------------
+
+_MR = "/api/v2/encrypt_keys"
+_MR_ERROR_KEYS = {"error", "description"}
+_MR_USER = "3f0c2a9e-6d1b-4c2f-9a7e-1b2c3d4e5f60"  # a user id of the form MiaRec uses
+
+
+def _mr_headers(token: str | None, ring: str) -> dict[str, str]:
+    """MiaRec clients send HTTP Basic with the user id; Bearer works too and needs no user
+    name (the suite's tokens have principals of its own)."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _mr_create(server: Server, ring: str, token: str) -> str:
+    """Generate an RSA-1024 key (the fastest) in the tenant; its id."""
+    r = server.client().request(
+        "POST", f"{_MR}.json",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        raw=json.dumps({"encrypt_key": {"name": "conformance", "key_length": 1024,
+                                        "add_type": "generate"}}).encode())
+    assert r.status == 201, r.text
+    return str(r.json["encrypt_key"]["id"])
+
+
+def _mr_error_status(resp: Resp) -> int | None:
+    """The status of a MiaRec error body {"error", "description"[, "details"]}."""
+    body = _json(resp)
+    if not (isinstance(body, dict) and _MR_ERROR_KEYS <= set(body)
+            and set(body) <= _MR_ERROR_KEYS | {"details"}
+            and isinstance(body["error"], str) and isinstance(body["description"], str)):
+        return None
+    return resp.status if resp.status >= 400 else None
+
+
+def _mr_error_text(resp: Resp) -> str:
+    """error, description and details of a MiaRec error body."""
+    body = _json(resp)
+    if not isinstance(body, dict):
+        return ""
+    return " ".join(str(body.get(k, "")) for k in ("error", "description", "details"))
+
+
+def _mr_success(resp: Resp) -> bool:
+    """A 2xx JSON object answer that is not an error body."""
+    return 200 <= resp.status < 300 and isinstance(_json(resp), dict) \
+        and _mr_error_status(resp) is None
+
+
+MIAREC = Dialect(
+    name="miarec",
+    kind="miarec",
+    full_perms="read,manage,grant",
+    no_perms_scope=lambda ring: "storedsafe:1:read",
+    routes=(
+        Route("POST", _MR + ".json", "miarec.key.create", "read,grant",
+              {"encrypt_key": {"name": "conformance", "key_length": 1024}}),
+        Route("GET", _MR + ".json", "miarec.key.list", "manage,grant", lists=True),
+        Route("GET", _MR + "/{id}.json", "miarec.key.read", "manage,grant"),
+        Route("PUT", _MR + "/{id}.json", "miarec.key.update", "read,grant",
+              {"encrypt_key": {"name": "renamed", "is_active": True}}),
+        Route("POST", _MR + "/{id}/authorized_users.json", "miarec.grant.create",
+              "read,manage", {"user": {"user_id": _MR_USER}}),
+        Route("GET", _MR + "/{id}/authorized_users.json", "miarec.grant.list",
+              "manage,grant"),
+        Route("DELETE", _MR + "/{id}/authorized_users/" + _MR_USER + ".json",
+              "miarec.grant.delete", "read,manage"),
+        Route("POST", _MR + "/{id}/decrypt.json", "miarec.key.decrypt", "manage,grant",
+              {"ciphertext": base64.b64encode(bytes(128)).decode(), "hash": "sha1"}),
+        Route("POST", _MR + "/{id}/export.json", "miarec.key.export", "read,grant",
+              {"password": "conformance"}),
+        Route("DELETE", _MR + "/{id}.json", "miarec.key.delete", "read,grant"),
+    ),
+    new_ring=lambda: str(uuid.uuid4()),
+    missing_id=lambda: str(uuid.uuid4()),
+    auth_headers=_mr_headers,
+    create=_mr_create,
+    record=lambda ring, oid: (f"miarec#{ring}#keys", f"key#{oid}"),
+    list_ids=lambda resp: [k["id"] for k in resp.json["encrypt_keys"]],
+    error_status=_mr_error_status,
+    error_text=_mr_error_text,
+    is_success=_mr_success,
+    always_json=True,
+)
+
+
+DIALECTS: tuple[Dialect, ...] = (STOREDSAFE, AUTH0, MIAREC)
+"""Every dialect the conformance suite runs against (AI-VAULT, Apinizer: add here)."""

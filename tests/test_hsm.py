@@ -732,3 +732,112 @@ def test_public_key_pem(hsm, rsa_keys):
         serialization.load_der_public_key(rsa_keys[2048].public_der)
     with pytest.raises(errors.InvalidInput):
         hsm.public_key_pem(hsm.generate_aes(128, CTX))
+
+
+# ---- RSA-OAEP decryption and the password-protected PKCS#8 export ---------------------------
+
+# OAEP's hash, not a signature's: SHA-1 is what SoftHSM and older recorders do
+SHA1 = hashes.SHA1()  # noqa: S303
+
+
+def _oaep(h: hashes.HashAlgorithm) -> padding.OAEP:
+    return padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
+
+
+@pytest.mark.parametrize("bits", [1024, 2048, 4096])
+def test_oaep_sha1_decrypts_what_cryptography_encrypted(hsm, settings, rsa_keys, bits):
+    key = rsa_keys[bits]
+    public = serialization.load_der_public_key(key.public_der)
+    session_key = os.urandom(32)
+    ct = public.encrypt(session_key, _oaep(SHA1))
+    assert hsm.decrypt_rsa_oaep(key, CTX, ct, "sha1") == session_key
+    forget_unwrapped(settings)  # and after the blob is unwrapped again
+    assert hsm.decrypt_rsa_oaep(key, CTX, ct, "sha1") == session_key
+
+
+def test_oaep_sha256_is_refused_by_softhsm_never_done_outside(hsm, rsa_keys, monkeypatch):
+    """SoftHSM 2.6.1 does OAEP with SHA-1 only: SHA-256 is a clear InvalidInput, and the
+    private key is not read out to decrypt in software instead."""
+    key = rsa_keys[2048]
+    public = serialization.load_der_public_key(key.public_der)
+    ct = public.encrypt(b"k" * 32, _oaep(hashes.SHA256()))
+
+    monkeypatch.setattr(Hsm, "_unwrap", _refuse_extractable(Hsm._unwrap))
+    with pytest.raises(errors.InvalidInput) as exc:
+        hsm.decrypt_rsa_oaep(key, CTX, ct, "sha256")
+    assert exc.value.reason == "hash_not_supported" and exc.value.field == "hash"
+
+
+def _refuse_extractable(unwrap):
+    def guarded(self, state, key, *, sensitive):
+        assert sensitive, "the private key was unwrapped non-sensitive"
+        return unwrap(self, state, key, sensitive=sensitive)
+    return guarded
+
+
+def test_oaep_bad_input(hsm, rsa_keys, ec_keys):
+    key = rsa_keys[2048]
+    public = serialization.load_der_public_key(key.public_der)
+    ct = public.encrypt(b"k" * 16, _oaep(SHA1))
+    with pytest.raises(errors.IntegrityError) as exc:
+        hsm.decrypt_rsa_oaep(key, CTX, bytes([ct[0] ^ 1]) + ct[1:], "sha1")
+    assert exc.value.reason == "decrypt_failed"
+    with pytest.raises(errors.IntegrityError):
+        hsm.decrypt_rsa_oaep(key, CTX, ct[:-1], "sha1")  # wrong length
+    other = rsa.generate_private_key(65537, 1024).public_key()  # noqa: S505 - a test key
+    with pytest.raises(errors.IntegrityError):  # right length, another key's ciphertext
+        hsm.decrypt_rsa_oaep(rsa_keys[1024], CTX, other.encrypt(b"x", _oaep(SHA1)),
+                             "sha1")
+    with pytest.raises(errors.InvalidInput):
+        hsm.decrypt_rsa_oaep(key, CTX, ct, "md5")
+    with pytest.raises(errors.InvalidInput):
+        hsm.decrypt_rsa_oaep(ec_keys["P-256"], CTX, ct, "sha1")
+    with pytest.raises(errors.BindingError):
+        hsm.decrypt_rsa_oaep(key, OTHER_CTX, ct, "sha1")
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+def test_private_key_export_is_encrypted_pkcs8_that_opens_with_the_password(
+        hsm, rsa_keys, bits, tmp_path):
+    key = rsa_keys[bits]
+    pem = hsm.export_private_key_pkcs8(key, CTX, b"s3cret pass")
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key(pem, None)
+    with pytest.raises(ValueError):
+        serialization.load_pem_private_key(pem, b"wrong")
+    private = serialization.load_pem_private_key(pem, b"s3cret pass")
+    assert isinstance(private, rsa.RSAPrivateKey) and private.key_size == bits
+    assert private.public_key().public_bytes(
+        serialization.Encoding.DER,
+        serialization.PublicFormat.SubjectPublicKeyInfo) == key.public_der
+    # the exported key decrypts what the HSM key decrypts: it is that key
+    ct = private.public_key().encrypt(b"session", _oaep(SHA1))
+    assert hsm.decrypt_rsa_oaep(key, CTX, ct, "sha1") == b"session"
+    path = tmp_path / "key.pem"
+    path.write_bytes(pem)
+    out = subprocess.run(["openssl", "pkey", "-in", str(path), "-passin", "pass:s3cret pass",
+                          "-pubout", "-outform", "DER"], capture_output=True, check=True)
+    assert out.stdout == key.public_der
+
+
+def test_private_key_export_checks_binding_kind_and_password(hsm, rsa_keys, ec_keys,
+                                                             settings):
+    key = rsa_keys[1024]
+    with pytest.raises(errors.BindingError):
+        hsm.export_private_key_pkcs8(key, OTHER_CTX, b"pw")
+    with pytest.raises(errors.BindingError):
+        hsm.export_private_key_pkcs8(dataclasses.replace(key, context=OTHER_CTX), OTHER_CTX,
+                                     b"pw")
+    with pytest.raises(errors.InvalidInput):
+        hsm.export_private_key_pkcs8(key, CTX, b"")
+    with pytest.raises(errors.InvalidInput):
+        hsm.export_private_key_pkcs8(ec_keys["P-256"], CTX, b"pw")
+    # the usable (cached) object stays sensitive after an export
+    hsm.export_private_key_pkcs8(key, CTX, b"pw")
+
+    def sensitive(state):
+        obj = hsm._usable(state, key, CTX)
+        return obj[Attribute.SENSITIVE], obj[Attribute.EXTRACTABLE]
+
+    assert hsm._ts.run(sensitive) == (True, False)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.core.audit import AuditLog
-from chalicelib.core.kinds import KINDS, SIGNING, TRANSIT, RingKind
+from chalicelib.core.kinds import KINDS, SIGNING, TENANT_KEYS, TRANSIT, RingKind
 from chalicelib.core.tokens import Caller
 from chalicelib.errors import Forbidden
 
-__all__ = ["KINDS", "SIGNING", "TRANSIT", "Grant", "RingKind", "authorize", "check", "held"]
+__all__ = ["KINDS", "SIGNING", "TENANT_KEYS", "TRANSIT", "Grant", "RingKind", "authorize",
+           "check", "held"]
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def _actions(kind: str, table: Mapping[str, tuple[str, ...]]) \
 
 TRANSIT = "storedsafe"
 SIGNING = "auth0"
+TENANT_KEYS = "miarec"
 
 KINDS: dict[str, RingKind] = {
     # vault bits Read=1, Write=2, Admin=4, hierarchical
@@ -89,6 +90,17 @@ KINDS: dict[str, RingKind] = {
             "signing_key.read": ("read:signing_keys",),
             "signing_key.rotate": ("create:signing_keys", "update:signing_keys"),
             "signing_key.revoke": ("update:signing_keys",),
+        })),
+    # MiaRec: encryption keys per tenant; read, manage (create, update, delete), grant
+    TENANT_KEYS: RingKind(
+        name=TENANT_KEYS, store_prefix="miarec",
+        permissions=frozenset({"read", "manage", "grant"}),
+        needs=_actions(TENANT_KEYS, {
+            "key.create": ("manage",), "key.list": ("read",), "key.read": ("read",),
+            "key.update": ("manage",), "key.delete": ("manage",),
+            "grant.create": ("grant",), "grant.list": ("read",), "grant.delete": ("grant",),
+            # private-key use: also a grant on the key (or a ring-wide key), see tenant_keys
+            "key.decrypt": ("read",), "key.export": ("manage",),
         })),
 }
 

@@ -88,6 +88,13 @@ _HASHES = {
                     bytes.fromhex("3051300d060960864801650304020305000440")),
 }
 
+# RSA-OAEP hashes: name -> (CKM hash, MGF1 with the same hash). The label is always empty.
+# python-pkcs11's OAEP defaults are SHA-1: the parameters are always passed explicitly.
+OAEP_HASHES: dict[str, tuple[Mechanism, MGF, int]] = {
+    "sha1": (Mechanism.SHA_1, MGF.SHA1, 20),
+    "sha256": (Mechanism.SHA256, MGF.SHA256, 32),
+}
+
 # scheme -> (key kind, padding, hash)
 _SCHEMES: dict[SignScheme, tuple[str, str, str]] = {
     SignScheme.RSA_PKCS1_SHA256: ("rsa", "pkcs1", "sha256"),
@@ -673,6 +680,89 @@ class Hsm:
             return value[: key.size // 8]
 
         return self._ts.run(op)
+
+    def decrypt_rsa_oaep(self, key: WrappedKey, context: str, ciphertext: bytes,
+                         hash_name: str) -> bytes:
+        """RSA-OAEP decryption in the HSM (MGF1 with the same hash, empty label).
+
+        `hash_name` is "sha1" or "sha256". A module that refuses the hash (SoftHSM 2.6.1 does
+        OAEP with SHA-1 only: CKR_ARGUMENTS_BAD for SHA-256) is an InvalidInput (reason
+        hash_not_supported) naming "hash": the private key never leaves the HSM to do it in
+        software instead. A ciphertext that does not decrypt under this key (wrong key,
+        wrong hash, damaged, wrong length) is an IntegrityError (reason decrypt_failed).
+        """
+        self._require_kind(key, "rsa")
+        params = OAEP_HASHES.get(hash_name) if isinstance(hash_name, str) else None
+        if params is None:
+            raise errors.InvalidInput(f"OAEP hashes are {' or '.join(OAEP_HASHES)}",
+                                      field="hash")
+        ciphertext = _as_bytes(ciphertext, "ciphertext")
+        if len(ciphertext) != (key.size + 7) // 8:
+            # the module would say the same (CKR_ENCRYPTED_DATA_LEN_RANGE), less clearly
+            raise errors.IntegrityError(
+                f"an RSA-{key.size} ciphertext is {(key.size + 7) // 8} bytes",
+                reason="decrypt_failed")
+        hash_mech, mgf, _ = params
+
+        def op(state: SessionState) -> bytes:
+            obj = self._usable(state, key, context)
+            try:
+                return bytes(obj.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                         mechanism_param=(hash_mech, mgf, None)))
+            except (p11e.ArgumentsBad, p11e.MechanismParamInvalid,
+                    p11e.MechanismInvalid) as exc:
+                raise errors.InvalidInput(
+                    f"this HSM does not decrypt RSA-OAEP with {hash_name.upper()}",
+                    field="hash", reason="hash_not_supported") from exc
+            except (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange,
+                    p11e.DataInvalid, p11e.DataLenRange, p11e.FunctionFailed) as exc:
+                # SoftHSM reports a failed OAEP decoding as CKR_GENERAL_ERROR
+                raise errors.IntegrityError("the ciphertext does not decrypt under this key",
+                                            reason="decrypt_failed") from exc
+
+        return self._ts.run(op)
+
+    def export_private_key_pkcs8(self, key: WrappedKey, context: str,
+                                 password: bytes) -> bytes:
+        """The RSA private key as password-encrypted PKCS#8 PEM: the one deliberate exit of
+        private material from the HSM layer.
+
+        Callers must have checked permission, grant and audit before calling. The stored
+        blob is verified against `context`, then unwrapped into a throw-away session object
+        that is non-sensitive and extractable for this call only (the cached, usable object
+        stays sensitive); its components are read, the object destroyed, and the key is
+        serialized by `cryptography` with BestAvailableEncryption (PBES2, AES-256-CBC),
+        which openssl and `cryptography` open with the password. The clear key exists only
+        inside this call.
+        """
+        self._require_kind(key, "rsa")
+        _require_context(context)
+        password = _as_bytes(password, "password")
+        if not password:
+            raise errors.InvalidInput("a password is required", field="password")
+
+        def op(state: SessionState) -> dict[Attribute, int]:
+            self._verify(state, key, context, _key_message(key, context))
+            obj = self._unwrap(state, key, sensitive=False)
+            try:
+                return {a: int.from_bytes(bytes(obj[a]), "big") for a in (
+                    Attribute.MODULUS, Attribute.PUBLIC_EXPONENT, Attribute.PRIVATE_EXPONENT,
+                    Attribute.PRIME_1, Attribute.PRIME_2, Attribute.EXPONENT_1,
+                    Attribute.EXPONENT_2, Attribute.COEFFICIENT)}
+            finally:
+                obj.destroy()
+
+        v = self._ts.run(op)
+        public = rsa.RSAPublicNumbers(v[Attribute.PUBLIC_EXPONENT], v[Attribute.MODULUS])
+        if key.public_der is None or _spki(public.public_key()) != key.public_der:
+            raise errors.BindingError(INTEGRITY_MESSAGE)
+        private = rsa.RSAPrivateNumbers(
+            p=v[Attribute.PRIME_1], q=v[Attribute.PRIME_2], d=v[Attribute.PRIVATE_EXPONENT],
+            dmp1=v[Attribute.EXPONENT_1], dmq1=v[Attribute.EXPONENT_2],
+            iqmp=v[Attribute.COEFFICIENT], public_numbers=public).private_key()
+        return private.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.BestAvailableEncryption(password))
 
     def private_key(self, key: WrappedKey,
                     context: str) -> HsmRSAPrivateKey | HsmECPrivateKey:
