@@ -26,6 +26,9 @@ class Settings:
     sqlite_path: str = str(REPO_ROOT / "data" / "keyfront.sqlite3")
     dynamodb_table: str = "keyfront"
     dynamodb_endpoint: str | None = None  # moto server in tests; None = AWS
+    # Short: a key service should answer "unavailable" fast rather than hang. The tests'
+    # moto server (one lock, a shared process) can be slower than DynamoDB under load.
+    dynamodb_read_timeout: int = 5
     aws_region: str = "us-east-1"
 
     pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
@@ -62,6 +65,8 @@ class Settings:
             sqlite_path=_env("KEYFRONT_SQLITE_PATH", d.sqlite_path),
             dynamodb_table=_env("KEYFRONT_DYNAMODB_TABLE", d.dynamodb_table),
             dynamodb_endpoint=os.environ.get("KEYFRONT_DYNAMODB_ENDPOINT") or None,
+            dynamodb_read_timeout=_int("KEYFRONT_DYNAMODB_READ_TIMEOUT",
+                                       d.dynamodb_read_timeout),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", d.aws_region)),
             pkcs11_module=_env("KEYFRONT_PKCS11_MODULE", d.pkcs11_module),
             token_label=_env("KEYFRONT_TOKEN_LABEL", d.token_label),

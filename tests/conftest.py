@@ -45,6 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "KEYFRONT_PIN": TEST_PIN,
         "KEYFRONT_STORE": "sqlite",
         "KEYFRONT_SQLITE_PATH": str(_tmp_root / "default.sqlite3"),
+        # moto serialises every call behind one lock: under load a call can wait longer than
+        # DynamoDB ever would, and a retried transaction is not idempotent there
+        "KEYFRONT_DYNAMODB_READ_TIMEOUT": "60",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -119,11 +122,12 @@ def sqlite_store(tmp_path):
 @pytest.fixture
 def dynamodb_store(moto_endpoint):
     """A DynamoDB store on a fresh table in moto's server."""
-    from chalicelib.store.dynamodb_store import DynamoStore, create_table
+    from chalicelib.store.dynamodb_store import DynamoStore, client_config, create_table
 
     table = f"kf-{uuid.uuid4().hex[:12]}"
     create_table(table, region="us-east-1", endpoint_url=moto_endpoint)
-    return DynamoStore(table, region="us-east-1", endpoint_url=moto_endpoint)
+    return DynamoStore(table, region="us-east-1", endpoint_url=moto_endpoint,
+                       config=client_config(60))
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])

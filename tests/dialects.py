@@ -467,7 +467,7 @@ MIAREC = Dialect(
         Route("POST", _MR + "/{id}/decrypt.json", "miarec.key.decrypt", "manage,grant",
               {"ciphertext": base64.b64encode(bytes(128)).decode(), "hash": "sha1"}),
         Route("POST", _MR + "/{id}/export.json", "miarec.key.export", "read,grant",
-              {"password": "conformance"}),
+              {"password": "conformance export"}),
         Route("DELETE", _MR + "/{id}.json", "miarec.key.delete", "read,grant"),
     ),
     new_ring=lambda: str(uuid.uuid4()),

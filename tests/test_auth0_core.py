@@ -11,7 +11,7 @@ from chalicelib.core.audit import AuditLog
 from chalicelib.core.limits import GenerationRate
 from chalicelib.core.rotating import KEY_SK_PREFIX
 from chalicelib.core.services import Services
-from chalicelib.core.signing import SigningRings, ring_of
+from chalicelib.core.signing import SigningRings, token_ring
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
 from chalicelib.errors import Forbidden, IntegrityError, MisplacedRecord
 from chalicelib.formats.x509cert import load_pem
@@ -26,7 +26,7 @@ def auth0(settings, hsm, store) -> SigningRings:
 
 
 def tenant_of(principal: Principal) -> str:
-    return ring_of(principal, "auth0", "default")
+    return token_ring(principal, "auth0", "default")
 
 
 def _caller(*scopes: str) -> Caller:
@@ -135,12 +135,12 @@ def test_expensive_generation_is_rate_limited_per_token(settings, hsm, store):
     from chalicelib.dialects.auth0.envelope import render
     from chalicelib.errors import TooManyRequests
 
-    slow = dataclasses.replace(settings, generation_rate=3)
+    slow = dataclasses.replace(settings, generation_rate=12)  # RSA-2048 pairs cost 4 each
     dom = domain(Services(slow, store, hsm, TokenService(store), AuditLog(store),
                           GenerationRate(store, slow)))
     caller = _caller(ALL)
-    dom.signing_keys(grant(dom, caller, "t1", "signing_key.list"))  # two key pairs
-    dom.rotate_signing_key(grant(dom, caller, "t1", "signing_key.rotate"))  # the third
+    dom.signing_keys(grant(dom, caller, "t1", "signing_key.list"))  # two key pairs: 8
+    dom.rotate_signing_key(grant(dom, caller, "t1", "signing_key.rotate"))  # the third: 12
     with pytest.raises(TooManyRequests) as e:
         dom.rotate_signing_key(grant(dom, caller, "t1", "signing_key.rotate"))
     r = render(e.value, None, "rid")

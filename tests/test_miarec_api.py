@@ -250,7 +250,8 @@ def test_other_tenants_token_gets_one_answer(live_server):
                                ("POST", "/authorized_users.json",
                                 {"user": {"user_id": stranger.user}}),
                                ("POST", "/decrypt.json", {"ciphertext": "AAAA", "hash": "sha1"}),
-                               ("POST", "/export.json", {"password": "p"})):
+                               ("POST", "/export.json",
+                         {"password": "a long export pw"})):
         here = stranger.call(method, f"{KEYS}/{kid}{tail}", body)
         there = stranger.call(method, f"{KEYS}/{missing}{tail}", body)
         assert here.status == there.status == 404 and here.json == there.json, here.text
@@ -414,13 +415,13 @@ def test_openssl_keys_import_decrypt_and_export(live_server, tmp_path):
         assert base64.b64decode(r.json["plaintext"]) == session
 
     # the exported PKCS#8 opens with openssl and the password, and is the same key
-    r = api.call("POST", f"{KEYS}/{key['id']}/export.json", {"password": "export pw"})
+    r = api.call("POST", f"{KEYS}/{key['id']}/export.json", {"password": "export pw 1234"})
     assert r.status == 200, r.text
     exported = r.json["private_key"].encode()
     assert exported.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     pem_path = tmp_path / "exported.pem"
     pem_path.write_bytes(exported)
-    opened = _openssl("pkey", "-in", str(pem_path), "-passin", "pass:export pw", "-pubout")
+    opened = _openssl("pkey", "-in", str(pem_path), "-passin", "pass:export pw 1234", "-pubout")
     assert opened.decode().strip() == keys["pkcs8 encrypted"][2].strip()
     with pytest.raises(subprocess.CalledProcessError):
         _openssl("pkey", "-in", str(pem_path), "-passin", "pass:wrong", "-pubout")
@@ -486,7 +487,8 @@ def test_encrypt_only_keys_and_protection_modes(live_server):
     body = {"ciphertext": base64.b64encode(ct).decode(), "hash": "sha1"}
     r = creator.call("POST", f"{KEYS}/{only_public['id']}/decrypt.json", body)
     assert r.status == 400 and r.json["error"] == "InvalidState", r.text
-    r = creator.call("POST", f"{KEYS}/{only_public['id']}/export.json", {"password": "p"})
+    r = creator.call("POST", f"{KEYS}/{only_public['id']}/export.json",
+                         {"password": "a long export pw"})
     assert r.status == 400 and r.json["error"] == "InvalidState"
 
     # a user-protected key: only granted users decrypt; an app-protected one: any reader
@@ -505,12 +507,75 @@ def test_encrypt_only_keys_and_protection_modes(live_server):
         invalid(r, "ciphertext")
     # export needs manage and a grant, whatever the protection
     manager = Api(live_server, tenant)
-    r = manager.call("POST", f"{KEYS}/{app_key['id']}/export.json", {"password": "p"})
+    r = manager.call("POST", f"{KEYS}/{app_key['id']}/export.json",
+                         {"password": "a long export pw"})
     assert r.status == 403
-    r = reader.call("POST", f"{KEYS}/{app_key['id']}/export.json", {"password": "p"})
+    r = reader.call("POST", f"{KEYS}/{app_key['id']}/export.json",
+                         {"password": "a long export pw"})
     assert r.status == 403
     outcomes = {(x["action"], x["outcome"]) for x in live_server.services.audit.find()
                 if x["principal"] in (reader.user, manager.user)}
     assert ("miarec.key.decrypt", "success") in outcomes
     assert ("miarec.key.decrypt", "denied") in outcomes
     assert ("miarec.key.export", "denied") in outcomes
+
+
+def test_export_passwords_users_and_tenants_must_be_what_grants_can_name(live_server):
+    """An exported key's strength is its password's; grants name canonical user ids; the
+    tenant comes from the request or the token, and is a tenant id."""
+    tenant = _tenant()
+    api = Api(live_server, tenant)
+    key = api.create(key_length=1024)
+    invalid(api.call("POST", f"{KEYS}/{key['id']}/export.json", {"password": "short pw"}),
+            "password")
+    # a token whose principal is not a canonical user id is refused (its grants could never
+    # be revoked by URL)
+    for principal in (str(uuid.uuid4()).upper(), "svc-backup"):
+        other = Api(live_server, tenant, user=principal)
+        r = other.call("GET", f"{KEYS}.json")
+        assert r.status == 403 and r.json["error"] == "AccessDenied", r.text
+    # an all-rings token names its tenant in the request; an odd tenant scope is refused
+    star = Api(live_server, "*")
+    r = star.call("POST", f"{KEYS}.json", {"encrypt_key": {"name": "k"}})
+    invalid(r, "tenant_id")
+    upper = Api(live_server, tenant.upper())
+    r = upper.call("GET", f"{KEYS}.json")
+    assert r.status == 403 and r.json["error"] == "AccessDenied", r.text
+
+
+def test_a_key_that_asks_too_costly_a_derivation_is_refused_before_it_is_opened(live_server):
+    """An encrypted PKCS#8 key names its own PBKDF2 rounds: a client must not make the
+    service spend minutes of CPU (with the interpreter lock held) opening it."""
+    import time
+
+    api = Api(live_server, _tenant())
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = _encrypted_pkcs8(private, b"pw", iterations=3_000_000)
+    started = time.monotonic()
+    r = api.call("POST", f"{KEYS}.json", {"encrypt_key": {
+        "name": "costly", "add_type": "import", "tenant_id": api.tenant,
+        "public_key": _public_pem(private), "private_key": pem.decode(),
+        "private_key_password": "pw"}})
+    invalid(r, "private_key")
+    assert "too costly" in json.dumps(r.json) and time.monotonic() - started < 0.5
+
+
+def _encrypted_pkcs8(private: Any, password: bytes, iterations: int) -> bytes:
+    """PKCS#8 PEM under PBES2/PBKDF2 with `iterations` (openssl writes it; it takes a while)."""
+    import tempfile
+
+    clear = private.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(clear)
+        f.flush()
+        return subprocess.run(
+            ["openssl", "pkcs8", "-topk8", "-in", f.name, "-v2", "aes-256-cbc", "-iter",
+             str(iterations), "-passout", "pass:" + password.decode()],
+            check=True, capture_output=True).stdout
+
+
+def _public_pem(private: Any) -> str:
+    return private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from chalicelib.core.access import ring_of
 from chalicelib.core.tenant_keys import (
     GRANTED,
     RING,
@@ -17,7 +18,6 @@ from chalicelib.core.tenant_keys import (
     check_private_use,
     new_key_id,
     removed,
-    ring_for,
 )
 from chalicelib.core.tokens import Principal, Scope
 from chalicelib.errors import Forbidden, InvalidState, LimitExceeded
@@ -82,12 +82,12 @@ def test_key_ids_are_time_ordered_uuid7():
     assert all(uuid.UUID(i).version == 7 for i in ids)
 
 
-def test_ring_for():
+def test_ring_of():
     def principal(*rings: str) -> Principal:
         return Principal("t", "u", tuple(Scope("miarec", r, frozenset({"read"}))
                                          for r in rings), 0)
-    assert ring_for(principal("a"), "miarec", None, "default") == "a"
-    assert ring_for(principal("a"), "miarec", "b", "default") == "b"  # authorize decides
-    assert ring_for(principal("*"), "miarec", None, "default") == "default"
+    assert ring_of(principal("a"), "miarec", "default", None) == "a"
+    assert ring_of(principal("a"), "miarec", "default", "b") == "b"  # authorize decides
+    assert ring_of(principal("*"), "miarec", "default", None) == "default"
     with pytest.raises(Forbidden):
-        ring_for(principal("a", "b"), "miarec", None, "default")
+        ring_of(principal("a", "b"), "miarec", "default", None)

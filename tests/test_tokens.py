@@ -136,3 +136,24 @@ def test_racing_revokes_all_end_revoked(store):
     assert len(results) == 6 and len(set(results)) == 1
     with pytest.raises(Unauthenticated):
         svc.authenticate(raw)
+
+
+def test_a_creation_retried_after_a_lost_response_is_one_token(sqlite_store):
+    """A store client that retries a transaction whose response was lost (moto ignores
+    DynamoDB's request token) finds the token written: that is success, not an error."""
+
+    class LostResponse:
+        def __init__(self, store):
+            self._store = store
+
+        def transact(self, ops):
+            self._store.transact(ops)  # written, the response lost: retried
+            return self._store.transact(ops)
+
+        def __getattr__(self, name):
+            return getattr(self._store, name)
+
+    tokens = TokenService(LostResponse(sqlite_store))  # type: ignore[arg-type]
+    raw, record = tokens.create("p", [Scope.parse("storedsafe:1:read")])
+    assert tokens.authenticate(raw).token_id == record["token_id"]
+    assert [t["token_id"] for t in tokens.list()] == [record["token_id"]]

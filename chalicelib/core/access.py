@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.kinds import KINDS, SIGNING, TENANT_KEYS, TRANSIT, RingKind
-from chalicelib.core.tokens import Caller
+from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
 from chalicelib.errors import Forbidden
 
 __all__ = ["KINDS", "SIGNING", "TENANT_KEYS", "TRANSIT", "Grant", "RingKind", "authorize",
-           "check", "held"]
+           "check", "held", "ring_of"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,20 @@ class Grant:
         """Assert that this grant is for `action` (a programming error otherwise)."""
         if self.action != action:
             raise AssertionError(f"a grant for {self.action} used for {action}")
+
+
+def ring_of(principal: Principal, kind: str, default_ring: str,
+            asked: str | None = None) -> str:
+    """The ring a request works on: the one it names, else the one ring its token names for
+    `kind`, else (an all-rings token) the default ring. Forbidden (ambiguous_ring) for a token
+    naming several rings when the request names none. Whether the token may act on the ring
+    is `authorize`'s to decide."""
+    if asked is not None:
+        return asked
+    rings = {s.ring for s in principal.scopes if s.kind == kind} - {ALL_RINGS}
+    if len(rings) > 1:
+        raise Forbidden("the token is bound to more than one ring", reason="ambiguous_ring")
+    return next(iter(rings)) if rings else default_ring
 
 
 def held(caller: Caller, kind: RingKind, ring: str) -> frozenset[str]:

@@ -56,10 +56,10 @@ _TABLE = (
     KeySpec("AES_128", "aes", bits=128, can_encrypt=True),
     KeySpec("AES_192", "aes", bits=192, can_encrypt=True),
     KeySpec("AES_256", "aes", bits=256, can_encrypt=True),
-    KeySpec("RSA_1024", "rsa", bits=1024, can_sign=True),
-    KeySpec("RSA_2048", "rsa", bits=2048, can_sign=True),
-    KeySpec("RSA_3072", "rsa", bits=3072, can_sign=True),
-    KeySpec("RSA_4096", "rsa", bits=4096, can_sign=True),
+    KeySpec("RSA_1024", "rsa", bits=1024, can_encrypt=True, can_sign=True),
+    KeySpec("RSA_2048", "rsa", bits=2048, can_encrypt=True, can_sign=True),
+    KeySpec("RSA_3072", "rsa", bits=3072, can_encrypt=True, can_sign=True),
+    KeySpec("RSA_4096", "rsa", bits=4096, can_encrypt=True, can_sign=True),
     KeySpec("EC_P256", "ec", bits=256, curve="P-256", can_sign=True),
     KeySpec("EC_P384", "ec", bits=384, curve="P-384", can_sign=True),
     KeySpec("SECRET", "secret"),
@@ -142,7 +142,8 @@ def generate(hsm: Hsm, key_spec: str | KeySpec, context: str, *,
              exportable: bool = False) -> WrappedKey:
     """Generate a key of `key_spec` in the HSM, wrapped and bound to `context`.
 
-    Only AES keys may be `exportable`: private keys never leave the HSM. SECRET and
+    Only AES keys may be `exportable` (a private key's one exit is the HSM layer's
+    password-protected PKCS#8, offered by a domain behind a grant). SECRET and
     public-only specs are imported, not generated (InvalidInput).
     """
     s = spec(key_spec)

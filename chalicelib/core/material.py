@@ -13,8 +13,10 @@ and kept only wrapped, with AES-GCM in the HSM and the record's context as AAD: 
 shape is {"key": WrappedKey.to_dict(), "ct": nonce || ciphertext || tag}. A sealed field
 copied to another record (another context) fails the HSM's binding check (IntegrityError).
 
-Export. Only secret keys created exportable may leave the HSM, under a password (scrypt and
-AES-256-GCM). Private keys are never extractable: the HSM layer wraps them only under its KEK.
+Export. Only secret keys created exportable leave through this module, under a password
+(scrypt and AES-256-GCM). The one exit of a private key is the HSM layer's password-protected
+PKCS#8 (Hsm.export_private_key_pkcs8), which a domain offers only behind a permission, a grant
+and an audit record.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from chalicelib.core.keyspecs import (
     spec_of_wrapped,
 )
 from chalicelib.errors import IntegrityError, InvalidInput, InvalidState
+from chalicelib.formats.pkcs8 import kdf_cost_problem
 from chalicelib.formats.strict_json import json_problem
 from chalicelib.hsm import Hsm, WrappedKey
 
@@ -201,6 +204,9 @@ def _inspect_private(data: bytes, password: bytes | None, field: str,
 
     The private key object does not outlive this call: only its public half is returned.
     """
+    too_costly = kdf_cost_problem(data)
+    if too_costly is not None:  # refused before anything spends that cost
+        raise InvalidInput(too_costly, field=field)
     pem = data.lstrip().startswith(b"-----BEGIN")
     load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
     try:
@@ -394,13 +400,13 @@ def export_under_password(hsm: Hsm, wrapped: WrappedKey, context: str,
     the clear is the AAD, so no field can be edited unnoticed. Text passwords are NFC
     normalised and UTF-8 encoded.
 
-    Private (RSA, EC) keys are non-extractable by design: the HSM layer can only wrap them
-    under its own KEK, so they are InvalidState here, as are secret keys not created
-    exportable. The HSM checks the key's binding to `context` before it releases anything.
+    Private (RSA, EC) keys are InvalidState here (their one exit is the HSM layer's
+    password-protected PKCS#8), as are secret keys not created exportable. The HSM checks the
+    key's binding to `context` before it releases anything.
     """
     key_spec = spec_of_wrapped(wrapped)
     if not key_spec.can_export:
-        raise InvalidState("private keys never leave the HSM; only secret keys are exported")
+        raise InvalidState("only secret keys are exported in this format")
     if wrapped.exportable is not True:
         raise InvalidState("this key is not exportable")
     secret = _required_password(password, password_field)

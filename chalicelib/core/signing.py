@@ -21,14 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib.config import Settings
-from chalicelib.core.access import Grant, RingKind, authorize
+from chalicelib.core.access import Grant, RingKind, authorize, ring_of
 from chalicelib.core.audit import AuditLog, allow_details, object_name
 from chalicelib.core.connections import Connections
 from chalicelib.core.connections import not_found as connection_not_found
-from chalicelib.core.limits import GenerationRate
+from chalicelib.core.limits import GenerationRate, generation_cost
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
-from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
-from chalicelib.errors import Forbidden, InvalidState, MisplacedRecord, NotFound
+from chalicelib.core.tokens import Caller, Principal
+from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
+from chalicelib.formats.algorithms import signing_alg
 from chalicelib.hsm import Hsm
 from chalicelib.store import Store
 
@@ -38,19 +39,24 @@ _RING_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$")
 allow_details("strategy")
 
 
+def _cost(alg: str) -> int:
+    """The rate a key pair of this JOSE algorithm spends (an unknown one is the caller's
+    400, reported by the ring when it parses it)."""
+    try:
+        return generation_cost(signing_alg(alg).rsa_bits)
+    except KeyfrontError:
+        return 1
+
+
 def valid_ring(ring: object) -> bool:
     """Ring ids are 1-64 of letters, digits, '.', '_', '-' (they become store keys)."""
     return isinstance(ring, str) and bool(_RING_RE.match(ring))
 
 
-def ring_of(principal: Principal, kind: str, default_ring: str) -> str:
-    """The ring a token works on (see the module docstring); Forbidden otherwise."""
-    rings = {s.ring for s in principal.scopes if s.kind == kind}
-    concrete = rings - {ALL_RINGS}
-    if len(concrete) > 1:
-        raise Forbidden("the token is bound to more than one ring", reason="ambiguous_ring")
-    # an all-rings token, or one without scopes of this kind (it then fails authorize)
-    ring = next(iter(concrete)) if concrete else default_ring
+def token_ring(principal: Principal, kind: str, default_ring: str) -> str:
+    """The ring a token works on (access.ring_of: no ring in the request), which must be a
+    valid ring id; Forbidden otherwise."""
+    ring = ring_of(principal, kind, default_ring)
     if not valid_ring(ring):
         raise Forbidden("the token's ring is not a valid ring id", reason="invalid_ring")
     return ring
@@ -105,7 +111,7 @@ class SigningRings:
         audited under the action."""
         action = self.action(verb)
         try:
-            ring = ring_of(caller.principal, self.kind.name, self._default)
+            ring = token_ring(caller.principal, self.kind.name, self._default)
         except Forbidden as exc:
             self._audit.refused(caller, action, self.kind.name, exc)
             raise
@@ -197,7 +203,7 @@ class SigningRings:
         obj = self.obj(grant.ring, "connections", cid, "keys")
         with self._audit.operation(grant.caller, grant.action, obj) as op:
             con = self._keyed_connection(grant.ring, cid)
-            self._rate.spend(grant.caller, 2)
+            self._rate.spend(grant.caller, 2 * _cost(alg))
             try:
                 return self.rings.create(op, self.connection_ref(grant.ring, con), alg, obj,
                                          conditions=[self.connections.exists_check(con)])
@@ -213,7 +219,7 @@ class SigningRings:
             con = self._keyed_connection(grant.ring, cid)
             ref = self.connection_ref(grant.ring, con)
             if not self.rings.exists(ref):
-                self._rate.spend(grant.caller, 2)
+                self._rate.spend(grant.caller, 2 * _cost(alg))
                 try:
                     keys = self.rings.create(op, ref, alg, obj,
                                              conditions=[self.connections.exists_check(con)])
@@ -222,7 +228,7 @@ class SigningRings:
                     raise connection_not_found() from None
                 except RingExists:
                     pass  # created meanwhile: rotate it
-            self._rate.spend(grant.caller, 1)
+            self._rate.spend(grant.caller, _cost(alg))
             new, _ = self.rings.rotate(op, ref, alg, obj)
             return new
 
@@ -248,7 +254,7 @@ class SigningRings:
         try:
             with self._audit.operation(caller, self.action("signing_key.create"), obj,
                                        principal=None if caller else "keyfront") as op:
-                self._rate.spend(caller, 2)
+                self._rate.spend(caller, 2 * _cost(RING_SIGNING_ALG))
                 self.rings.create(op, ref, RING_SIGNING_ALG, obj)
         except RingExists:
             pass  # a racing first call made them
@@ -277,7 +283,7 @@ class SigningRings:
         ref = self._ensure(grant.caller, grant.ring)
         obj = self.obj(grant.ring, "signing")
         with self._audit.operation(grant.caller, grant.action, obj) as op:
-            self._rate.spend(grant.caller, 1)
+            self._rate.spend(grant.caller, _cost(RING_SIGNING_ALG))
             new, _ = self.rings.rotate(op, ref, RING_SIGNING_ALG, obj)
             return new
 
@@ -311,4 +317,4 @@ class SigningRings:
         return report
 
 
-__all__ = ["RING_SIGNING_ALG", "RingKey", "Signer", "SigningRings", "ring_of", "valid_ring"]
+__all__ = ["RING_SIGNING_ALG", "RingKey", "Signer", "SigningRings", "token_ring", "valid_ring"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,9 +45,8 @@ from chalicelib.core import keyspecs, material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details, object_name
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.limits import GenerationRate, cap
+from chalicelib.core.limits import GenerationRate, cap, generation_cost
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
-from chalicelib.core.tokens import ALL_RINGS, Principal
 from chalicelib.errors import (
     Conflict,
     Forbidden,
@@ -87,16 +87,7 @@ def new_key_id(now: float) -> str:
     return str(uuid.UUID(int=value))
 
 
-def ring_for(principal: Principal, kind: str, asked: str | None, default_ring: str) -> str:
-    """The ring a request works on: the one it names, else the one ring its token names,
-    else (an all-rings token) the default ring. Forbidden for a token naming several rings
-    when the request names none. Whether the token may act on the ring is `authorize`'s."""
-    if asked is not None:
-        return asked
-    rings = {s.ring for s in principal.scopes if s.kind == kind} - {ALL_RINGS}
-    if len(rings) > 1:
-        raise Forbidden("the token is bound to more than one ring", reason="ambiguous_ring")
-    return next(iter(rings)) if rings else default_ring
+MIN_EXPORT_PASSWORD_CHARS = 12
 
 
 @dataclass(frozen=True)
@@ -320,11 +311,12 @@ class TenantKeys:
                 size = DEFAULT_BITS if bits is None else bits
                 if size not in KEY_BITS:
                     raise InvalidInput("key sizes are 1024, 2048 or 4096 bits", field="bits")
-                self._rate.spend(grant.caller)
+                self._rate.spend(grant.caller, generation_cost(size))
                 made = material.describe(keyspecs.generate(self._hsm, f"RSA_{size}", context))
                 origin = "generated"
             else:
                 size = self._imported_size(public_key)
+                self._rate.spend(grant.caller)  # opening an encrypted key costs too
                 if private_key is None:
                     made = material.import_public_key(public_key, field="public_key")
                 else:
@@ -507,12 +499,16 @@ class TenantKeys:
         material leaves the service, for a granted user with the manage permission."""
         grant.require(self.action("key.export"))
         try:
-            secret = password.encode("utf-8") if isinstance(password, str) else b""
+            # NFC: the same password typed on another system opens the file
+            text = unicodedata.normalize("NFC", password) if isinstance(password, str) else ""
+            secret = text.encode("utf-8")
         except UnicodeEncodeError:
             secret = b""  # a lone surrogate: not a password anyone can type
-        if not secret or len(secret) > material.MAX_PASSWORD_BYTES:
-            raise InvalidInput(f"the password is 1 to {material.MAX_PASSWORD_BYTES} bytes",
-                               field="password")
+        if len(text) < MIN_EXPORT_PASSWORD_CHARS or len(secret) > material.MAX_PASSWORD_BYTES:
+            # the file's own key derivation is light (PBKDF2, 2,048 rounds): the strength
+            # must come from the password
+            raise InvalidInput(f"the password is {MIN_EXPORT_PASSWORD_CHARS} characters to "
+                               f"{material.MAX_PASSWORD_BYTES} bytes", field="password")
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(grant.ring, kid)) as op:
             op.note(kid=kid, type="pkcs8")

@@ -157,10 +157,18 @@ class TokenService:
             "expires_at": now + ttl_seconds,
             "revoked_at": None,
         }
-        self._store.transact([
-            Put({"pk": _hash_pk(digest), "sk": "token", **record}),
-            Put({"pk": INDEX_PK, "sk": record["token_id"], "hash": digest, **record}),
-        ])
+        try:
+            self._store.transact([
+                Put({"pk": _hash_pk(digest), "sk": "token", **record}),
+                Put({"pk": INDEX_PK, "sk": record["token_id"], "hash": digest, **record}),
+            ])
+        except StoreTransactionCancelled:
+            # Our own transaction, retried by the store client after a lost response, finds
+            # itself written (a store that ignores the request token): that is success.
+            # (256 random bits: no other token has this hash.)
+            mine = self._store.get(_hash_pk(digest), "token")
+            if mine is None or mine.get("token_id") != record["token_id"]:
+                raise
         return raw, record
 
     def authenticate(self, raw: str | None) -> Principal:

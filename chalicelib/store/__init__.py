@@ -15,8 +15,9 @@ def open_store(settings: Settings) -> Store:
 
         return SqliteStore(settings.sqlite_path)
     if settings.store_backend == "dynamodb":
-        from chalicelib.store.dynamodb_store import DynamoStore
+        from chalicelib.store.dynamodb_store import DynamoStore, client_config
 
         return DynamoStore(settings.dynamodb_table, region=settings.aws_region,
-                           endpoint_url=settings.dynamodb_endpoint)
+                           endpoint_url=settings.dynamodb_endpoint,
+                           config=client_config(settings.dynamodb_read_timeout))
     raise ValueError(f"unknown store backend {settings.store_backend!r}")

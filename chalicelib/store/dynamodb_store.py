@@ -62,14 +62,19 @@ REQUIRED_IAM_ACTIONS = (
     "dynamodb:DescribeTable",
 )
 
-# Short timeouts: a key service should answer "unavailable" fast rather than hang.
-CLIENT_CONFIG = Config(
-    connect_timeout=2,
-    read_timeout=5,
-    retries={"mode": "standard", "max_attempts": 3},
-    max_pool_connections=32,  # >= request threads, so calls do not queue for a connection
-    tcp_keepalive=True,
-)
+def client_config(read_timeout: int = 5) -> Config:
+    """The boto3 client's config: short timeouts (a key service should answer "unavailable"
+    fast rather than hang), botocore's standard retries."""
+    return Config(
+        connect_timeout=2,
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=32,  # >= request threads, so calls do not queue for a connection
+        tcp_keepalive=True,
+    )
+
+
+CLIENT_CONFIG = client_config()
 
 # Errors that mean "the backend cannot serve us right now" rather than "your request is bad".
 _UNAVAILABLE_CODES = frozenset({

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from chalicelib.core.tenant_keys import KEY_BITS, MAX_PAGE
+from chalicelib.core.tenant_keys import KEY_BITS, MAX_PAGE, MIN_EXPORT_PASSWORD_CHARS
 from chalicelib.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
@@ -109,7 +109,10 @@ class DecryptBody(_Strict):
 class ExportBody(_Strict):
     """POST /encrypt_keys/<id>/export.json (beyond the vendor)."""
 
-    password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_CHARS)]
+    # PKCS#8 as `cryptography` writes it derives the key with PBKDF2 in 2,048 rounds (not
+    # tunable for PKCS#8): the password itself must carry the strength
+    password: Annotated[str, Field(min_length=MIN_EXPORT_PASSWORD_CHARS,
+                                   max_length=MAX_PASSWORD_CHARS)]
 
 
 class ListQuery(_Strict):

@@ -30,11 +30,18 @@ from urllib.parse import urlencode
 
 from chalice import Blueprint, Response
 
-from chalicelib.core.access import KINDS, TENANT_KEYS, Grant, authorize
+from chalicelib.core.access import KINDS, TENANT_KEYS, Grant, authorize, ring_of
 from chalicelib.core.services import Services, get_services
-from chalicelib.core.tenant_keys import GRANTED, RING, TenantKey, TenantKeys, ring_for
-from chalicelib.core.tokens import Caller, Principal
-from chalicelib.dialects.http import guarded, header, json_object, json_response, request_id
+from chalicelib.core.tenant_keys import GRANTED, RING, TenantKey, TenantKeys
+from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
+from chalicelib.dialects.http import (
+    guarded,
+    header,
+    json_object,
+    json_response,
+    remember_grant,
+    request_id,
+)
 from chalicelib.dialects.miarec.envelope import render
 from chalicelib.dialects.miarec.models import (
     CreateBody,
@@ -96,7 +103,16 @@ def _principal() -> Principal:
     if user is not None and user != principal.name:
         # the caller is who the token says, never who the request claims to be
         raise Unauthenticated("the user name is not the token's user")
+    if not _canonical_uuid(principal.name):
+        # grants name users by their canonical id: a token of anyone else could be granted
+        # keys that no URL can ever revoke
+        raise Forbidden("the token is not a MiaRec user's (its principal is not a user id)",
+                        reason="not_a_user")
     return principal
+
+
+def _canonical_uuid(value: object) -> bool:
+    return isinstance(value, str) and is_uuid(value) and value == value.lower()
 
 
 def _grant(verb: str, tenant: object, *parts: str,
@@ -111,12 +127,18 @@ def _grant(verb: str, tenant: object, *parts: str,
     action = domain.action(verb)
     asked = tenant.lower() if isinstance(tenant, str) else None
     try:
-        ring = ring_for(principal, KIND.name, asked, domain.default_ring)
-    except Forbidden as exc:
+        ring = ring_of(principal, KIND.name, domain.default_ring, asked)
+        if not _canonical_uuid(ring):
+            if asked is None and any(s.kind == KIND.name and s.ring == ALL_RINGS
+                                     for s in principal.scopes):
+                raise InvalidInput("tenant_id: is required",
+                                   fields={"tenant_id": "is required"})
+            raise Forbidden("the token's tenant is not a tenant id", reason="invalid_ring")
+    except (Forbidden, InvalidInput) as exc:
         services.audit.refused(caller, action, KIND.name, exc)
         raise
-    return authorize(services.audit, caller, KIND, ring, action,
-                     domain.obj(ring, *parts)), domain
+    grant = authorize(services.audit, caller, KIND, ring, action, domain.obj(ring, *parts))
+    return remember_grant(bp.current_request, grant), domain
 
 
 def _id(segment: str) -> str:
