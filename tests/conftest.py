@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,6 +253,32 @@ def dynamodb_server(tmp_path_factory, moto_endpoint) -> Iterator[LiveServer]:
     srv = _start_server("dynamodb", tmp_path_factory.mktemp("srv-ddb"), moto_endpoint)
     yield srv
     srv.stop()
+
+
+def own_live_servers(label: str) -> tuple[Any, Any, Any]:
+    """Module-scoped live servers of a test module's own, and a `live_server` over them that
+    overrides the session one: for modules whose volume (audit records, moto's table
+    copies on cancelled transactions) would slow every later test on the shared servers.
+
+        _x_sqlite, _x_dynamodb, live_server = own_live_servers("x")
+    """
+    @pytest.fixture(scope="module", name=f"_{label}_sqlite")
+    def sqlite(tmp_path_factory) -> Iterator[LiveServer]:
+        srv = _start_server("sqlite", tmp_path_factory.mktemp(f"{label}-sqlite"), None)
+        yield srv
+        srv.stop()
+
+    @pytest.fixture(scope="module", name=f"_{label}_dynamodb")
+    def dynamodb(tmp_path_factory, moto_endpoint) -> Iterator[LiveServer]:
+        srv = _start_server("dynamodb", tmp_path_factory.mktemp(f"{label}-ddb"), moto_endpoint)
+        yield srv
+        srv.stop()
+
+    @pytest.fixture(params=["sqlite", "dynamodb"], name="live_server")
+    def live(request) -> LiveServer:
+        return request.getfixturevalue(f"_{label}_{request.param}")  # type: ignore[no-any-return]
+
+    return sqlite, dynamodb, live
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])

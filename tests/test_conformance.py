@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from chalicelib.core.tokens import Scope, TokenService
 from tests.client import Client, Resp
-from tests.conftest import _start_server
+from tests.conftest import own_live_servers
 from tests.dialects import DIALECTS, Dialect, Route
 
 if TYPE_CHECKING:
@@ -127,25 +127,7 @@ def _describe(route: Route, resp: Resp) -> str:
 
 # The suite's own servers: its fuzz and denial tests write thousands of audit records, which
 # would otherwise slow every later audit lookup on the shared session servers.
-@pytest.fixture(scope="module")
-def _conformance_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = _start_server("sqlite", tmp_path_factory.mktemp("conf-sqlite"), None)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def _conformance_dynamodb(tmp_path_factory: pytest.TempPathFactory,
-                          moto_endpoint: str) -> Iterator[LiveServer]:
-    srv = _start_server("dynamodb", tmp_path_factory.mktemp("conf-ddb"), moto_endpoint)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def live_server(request: pytest.FixtureRequest) -> LiveServer:
-    """Each of the suite's own live servers in turn (overrides conftest's)."""
-    return request.getfixturevalue(f"_conformance_{request.param}")  # type: ignore[no-any-return]
+_conformance_sqlite, _conformance_dynamodb, live_server = own_live_servers("conformance")
 
 
 def _check(problems: list[str]) -> None:

@@ -7,7 +7,6 @@ import json
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.client import Resp
-from tests.conftest import _start_server
+from tests.conftest import own_live_servers
 
 if TYPE_CHECKING:
-    from tests.conftest import LiveServer
+    pass
 
 KEYS = "/api/v2/encrypt_keys"
 ALL = "read,manage,grant"
@@ -30,25 +29,7 @@ SHA1 = hashes.SHA1()  # noqa: S303 - OAEP's hash (what SoftHSM and older recorde
 # transactions, which moto answers by restoring a copy of the whole table) and audit records
 # would otherwise slow every later test on the shared session servers past the store
 # client's read timeout.
-@pytest.fixture(scope="module")
-def _miarec_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = _start_server("sqlite", tmp_path_factory.mktemp("miarec-sqlite"), None)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def _miarec_dynamodb(tmp_path_factory: pytest.TempPathFactory,
-                     moto_endpoint: str) -> Iterator[LiveServer]:
-    srv = _start_server("dynamodb", tmp_path_factory.mktemp("miarec-ddb"), moto_endpoint)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def live_server(request: pytest.FixtureRequest) -> LiveServer:
-    """Each of this module's live servers in turn (overrides conftest's)."""
-    return request.getfixturevalue(f"_miarec_{request.param}")  # type: ignore[no-any-return]
+_miarec_sqlite, _miarec_dynamodb, live_server = own_live_servers("miarec")
 
 
 class Api:
