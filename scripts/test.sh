@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+# Two workers, one per CPU: much of a test's time is waiting on the HSM, moto or a server.
+exec .venv/bin/pytest -q -p no:cacheprovider -n 2 "$@"
