@@ -37,6 +37,7 @@ from bench.harness import (  # noqa: E402
     keyfront_env,
     mint_token,
     start_keyfront,
+    stop,
 )
 
 LABEL = "keyfront-bench-auth0"
@@ -197,11 +198,7 @@ def main() -> int:
                             extra[alg].append(s - keygen)
         elapsed = time.perf_counter() - t_start
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
     print(f"keyfront Auth0 key creation vs raw HSM key generation "
           f"(SoftHSM, SQLite, 127.0.0.1; {args.rounds} keys per cell, {elapsed:.0f} s)")

@@ -21,7 +21,6 @@ import argparse
 import base64
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Client, keyfront_env, mint_token, start_keyfront  # noqa: E402
+from bench.harness import Client, keyfront_env, mint_token, start_keyfront, stop  # noqa: E402
 
 LABEL = "keyfront-bench-miarec"
 SIZES = [1024, 2048, 4096]
@@ -120,11 +119,7 @@ def main() -> int:
                         lat[bits][way].append(s)
         elapsed = time.perf_counter() - t_start
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     print(f"keyfront MiaRec key creation vs raw HSM key generation "
           f"(SoftHSM, SQLite, 127.0.0.1; {args.rounds} keys per cell, {elapsed:.0f} s)")
     print("ms per key, p50 / mean")

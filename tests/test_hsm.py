@@ -842,3 +842,15 @@ def test_private_key_export_checks_binding_kind_and_password(hsm, rsa_keys, ec_k
     before = hsm._ts.run(sensitive)
     hsm.export_private_key_pkcs8(key, CTX, b"pw")
     assert hsm._ts.run(sensitive) == before and before[0] is True
+
+
+def test_check_binding_is_remembered_only_for_the_exact_record(hsm, ec_keys):
+    key = ec_keys["P-256"]
+    hsm.check_binding(key, CTX)
+    hsm.check_binding(key, CTX)  # remembered: no second HSM call, same answer
+    for bad in (dataclasses.replace(key, tag=bytes(len(key.tag))),
+                dataclasses.replace(key, context=OTHER_CTX)):
+        with pytest.raises(errors.BindingError):
+            hsm.check_binding(bad, bad.context)
+    with pytest.raises(errors.BindingError):
+        hsm.check_binding(key, OTHER_CTX)

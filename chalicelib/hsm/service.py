@@ -658,7 +658,14 @@ class Hsm:
         without unwrapping it: for reads that show a key's public parts."""
         _require_context(context)
         message = _key_message(key, context)
-        self._ts.run(lambda state: self._verify(state, key, context, message))
+        cache_key = _cache_key(message, key.tag if isinstance(key.tag, bytes) else b"")
+
+        def op(state: SessionState) -> None:
+            if cache_key in state.verified or state.cache.get(cache_key) is not None:
+                return  # this exact record checked out before (or is unwrapped, so did)
+            self._verify(state, key, context, message)
+            state.remember_verified(cache_key)
+        self._ts.run(op)
 
     def export_secret(self, key: WrappedKey, context: str) -> bytes:
         """The raw material of an exportable secret key; errors.Forbidden if not exportable."""

@@ -138,7 +138,17 @@ class SessionState:
         self.session = session
         self.pid = pid
         self.cache = UnwrappedCache()
+        # records whose binding tag checked out (message + tag digests): a public read of a
+        # key (a JWKS) then costs no HSM call the second time
+        self.verified: OrderedDict[bytes, None] = OrderedDict()
         self._keys: dict[tuple[str, KeyType], Any] = {}
+
+    def remember_verified(self, key: bytes) -> None:
+        """Remember a binding that checked out (bounded, least recently used forgotten)."""
+        self.verified[key] = None
+        self.verified.move_to_end(key)
+        while len(self.verified) > UNWRAPPED_CACHE_SIZE:
+            self.verified.popitem(last=False)
 
     def secret_key(self, label: str, key_type: KeyType) -> Any:
         """The token secret key with `label` and `key_type` (handle cached for the session).
