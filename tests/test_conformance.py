@@ -1,7 +1,7 @@
 """Dialect conformance: the security tests every dialect must pass, on both stores.
 
-Each test runs once per entry of tests.dialects.DIALECTS and per live server (SQLite and
-DynamoDB, `live_server`). The tests never name a vendor: routes, tokens, objects, store records
+Each test runs once per entry of tests.conformance_dialects.DIALECTS (storedsafe, auth0,
+miarec) and per live server (SQLite and DynamoDB, `live_server`). The tests never name a vendor: routes, tokens, objects, store records
 and envelopes all come from the dialect's table entry.
 
 1. another ring's token: refused, with one answer whether the object (or ring) exists or not;
@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 
 from chalicelib.core.tokens import Scope, TokenService
 from tests.client import Client, Resp
+from tests.conformance_dialects import DIALECTS, Dialect, Route
 from tests.conftest import own_live_servers
-from tests.dialects import DIALECTS, Dialect, Route
 
 if TYPE_CHECKING:
     from tests.conftest import LiveServer
