@@ -106,7 +106,8 @@ def main() -> int:
     proc, port = start_keyfront(tmp, env)
     user = str(uuid.uuid4())
     try:
-        token = mint_token(env, "miarec:*:read,manage,grant", principal=user)
+        # a token of one tenant (a * token must name tenant_id in every request)
+        token = mint_token(env, f"miarec:{uuid.uuid4()}:read,manage,grant", principal=user)
         ways = Ways(port, token, user)
         lat: dict[int, dict[str, list[float]]] = {b: {w: [] for w in WAYS} for b in SIZES}
         t_start = time.perf_counter()
