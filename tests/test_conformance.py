@@ -1,8 +1,9 @@
 """Dialect conformance: the security tests every dialect must pass, on both stores.
 
 Each test runs once per entry of tests.conformance_dialects.DIALECTS (storedsafe, auth0,
-miarec) and per live server (SQLite and DynamoDB, `live_server`). The tests never name a vendor: routes, tokens, objects, store records
-and envelopes all come from the dialect's table entry.
+miarec) and per live server (SQLite and DynamoDB, `live_server`). The tests never name a
+vendor: routes, tokens, objects, store records and envelopes all come from the dialect's
+table entry.
 
 1. another ring's token: refused, with one answer whether the object (or ring) exists or not;
 2. missing, malformed, unknown, expired and revoked tokens: 401 in the vendor's envelope;
