@@ -301,34 +301,33 @@ def _v1_ciphertext(t: Target) -> str:
 # ---- profile -------------------------------------------------------------------------------
 
 def serve_profiled(mode: str, port: int, report: Path) -> None:
-    """Child process of --profile: `keyfront serve`'s server, instrumented; on SIGTERM it
-    writes what it measured to `report` and exits.
+    """Child process of --profile: `keyfront serve` (gunicorn, one worker) instrumented; when
+    the worker stops (SIGTERM to this process) it writes what it measured to `report`.
 
     mode "timers": wall-clock timers around the hot-path functions (about 1 us each), the
-    first WARMUP encrypts excluded. mode "cprofile": cProfile of the connection threads
+    first WARMUP encrypts excluded. mode "cprofile": cProfile of the request threads
     (relative only: the profiler's per-call overhead inflates small, frequent calls).
+    The instruments are installed before gunicorn forks its worker, which inherits them.
     """
     import cProfile
     import functools
     import logging
     import pstats
-    import signal
     from collections import defaultdict
 
-    from chalice.local import ChaliceRequestHandler, LocalGateway
+    from chalice.local import LocalGateway
 
-    from chalicelib import local_server
     from chalicelib.core.audit import AuditLog
     from chalicelib.core.tokens import TokenService
     from chalicelib.core.transit import TransitKeys
     from chalicelib.dialects.storedsafe import envelope
     from chalicelib.hsm import Hsm
+    from chalicelib.serving import GatewayApp, serve
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads inherit the mask
     acc: dict[str, float] = defaultdict(float)
     snap: dict[str, float] = {}
     count = [0]
-    profiles: list[cProfile.Profile] = []
+    profiles: dict[int, cProfile.Profile] = {}
 
     def timer(fn: Callable[..., Any], bucket: str) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -338,7 +337,7 @@ def serve_profiled(mode: str, port: int, report: Path) -> None:
                 return fn(*args, **kwargs)
             finally:
                 acc[bucket] += time.perf_counter() - s
-                if bucket == "handle":  # one POST served: exclude the warm-up ones
+                if bucket == "app":  # one request served: exclude the warm-up ones
                     count[0] += 1
                     if count[0] == WARMUP:
                         snap.update(acc)
@@ -346,59 +345,57 @@ def serve_profiled(mode: str, port: int, report: Path) -> None:
 
     if mode == "timers":
         for owner, attr, bucket in (
-                (ChaliceRequestHandler, "parse_request", "parse"),
-                (ChaliceRequestHandler, "do_POST", "handle"),
+                (GatewayApp, "__call__", "app"),
                 (LocalGateway, "handle_request", "gateway"),
                 (TokenService, "authenticate", "auth"),
-                (TransitKeys, "_find", "find"),
+                (TransitKeys, "_use", "find"),
                 (TransitKeys, "_version_key", "version"),
                 (Hsm, "encrypt_gcm", "hsm"),
                 (AuditLog, "record", "audit"),
                 (envelope, "success", "envelope")):
             setattr(owner, attr, timer(getattr(owner, attr), bucket))
     else:
-        original = local_server.NoDelayHandler.handle
+        original = GatewayApp.__call__
 
-        def handle(self: Any) -> None:  # cProfile follows one thread: each connection's
-            prof = cProfile.Profile()
-            profiles.append(prof)
+        def call(self: Any, environ: Any, start_response: Any) -> Any:
+            prof = profiles.setdefault(threading.get_ident(), cProfile.Profile())
             prof.enable()
             try:
-                original(self)
+                return original(self, environ, start_response)
             finally:
                 prof.disable()
 
-        local_server.NoDelayHandler.handle = handle  # type: ignore[method-assign]
-    server = local_server.build_server("127.0.0.1", port)
-    import app as app_module  # loaded by build_server
+        GatewayApp.__call__ = call  # type: ignore[method-assign]
 
-    if mode == "timers":
-        routes = app_module.app.routes["/api/{version}/transparent/{vaultid}/encrypt/{name}"]
-        routes["POST"].view_function = timer(routes["POST"].view_function, "view")
-    null = open(os.devnull, "w")  # noqa: SIM115 - audit log lines still formatted, not shown
-    for h in logging.getLogger("keyfront").handlers:
-        if isinstance(h, logging.StreamHandler):
-            h.setStream(null)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    signal.sigwait({signal.SIGTERM})
-    server.server.shutdown()
-    with report.open("w") as out:
-        if mode == "cprofile":
-            print("cProfile of the server's connection threads (relative only), top 15 by "
-                  "own time:", file=out)
-            pstats.Stats(*[p for p in profiles if p.getstats()], stream=out) \
-                .sort_stats("tottime").print_stats(15)
-        else:
+    def instrument_view(worker: Any) -> None:  # in the worker, once the app is loaded
+        import app as app_module
+
+        null = open(os.devnull, "w")  # noqa: SIM115 - audit lines still formatted, not shown
+        for h in logging.getLogger("keyfront").handlers:
+            if isinstance(h, logging.StreamHandler):
+                h.setStream(null)
+        if mode == "timers":
+            routes = app_module.app.routes[
+                "/api/{version}/transparent/{vaultid}/encrypt/{name}"]
+            routes["POST"].view_function = timer(routes["POST"].view_function, "view")
+
+    def write_report(_server: Any, _worker: Any) -> None:
+        with report.open("w") as out:
+            if mode == "cprofile":
+                print("cProfile of the worker's request threads (relative only), top 15 by "
+                      "own time:", file=out)
+                pstats.Stats(*[p for p in profiles.values() if p.getstats()], stream=out) \
+                    .sort_stats("tottime").print_stats(15)
+                return
             n = count[0] - WARMUP
             us = {k: (acc[k] - snap.get(k, 0.0)) / max(n, 1) * 1e6 for k in acc}
             parts = ("auth", "find", "version", "hsm", "audit", "envelope")
-            total = us["parse"] + us["handle"]
             rows = [
-                ("http.server: request line + headers", us["parse"]),
-                ("chalice local: event, route match, response, send",
-                 us["handle"] - us["view"]),
+                ("WSGI adapter: environ, body, response", us["app"] - us["gateway"]),
+                ("chalice local gateway: event, route match, response",
+                 us["gateway"] - us["view"]),
                 ("token lookup (TokenService.authenticate)", us["auth"]),
-                ("key record read (store.get)", us["find"]),
+                ("key record (TransitKeys._use, cached)", us["find"]),
                 ("version blob (immutable, cached in-process)", us["version"]),
                 ("HSM AES-GCM 1 KiB (Hsm.encrypt_gcm)", us["hsm"]),
                 ("audit record (AuditLog.record: store + log line)", us["audit"]),
@@ -406,13 +403,13 @@ def serve_profiled(mode: str, port: int, report: Path) -> None:
                 ("dialect rest: JSON body, pydantic, base64, checks",
                  us["view"] - sum(us[k] for k in parts)),
             ]
-            print(f"Where an encrypt's time goes in the server ({n} sequential requests, "
-                  f"server in its own process, wall-clock timers): {total:.0f} us/request",
-                  file=out)
-            print(f"{'part':52} {'us/req':>7} {'share':>6}", file=out)
+            print(f"APP_US {us['app']:.1f}", file=out)
+            print(f"{'part':52} {'us/req':>7}", file=out)
             for label, v in rows:
-                print(f"{label:52} {v:7.0f} {v / total * 100:5.0f}%", file=out)
-    os._exit(0)
+                print(f"{label:52} {v:7.0f}", file=out)
+
+    serve("127.0.0.1", port, workers=1, threads=8, access_log=False,
+          hooks={"post_worker_init": instrument_view, "worker_exit": write_report})
 
 
 def profile(env: dict[str, str], token: str, n: int, tmp: Path) -> None:
@@ -431,15 +428,34 @@ def profile(env: dict[str, str], token: str, n: int, tmp: Path) -> None:
             wait_http(port, "/health", proc, log)
             target = Keyfront(port, token)
             c = target.client()
-            for _ in range(WARMUP + n):
+            for _ in range(WARMUP):
                 target.encrypt(c)
+            started = time.perf_counter()
+            for _ in range(n):
+                target.encrypt(c)
+            client_us = (time.perf_counter() - started) / n * 1e6
             c.close()
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         finally:
             stop(proc)
         print()
-        print(report.read_text() if report.exists() else log.read_text()[-2000:])
+        if not report.exists():
+            print(log.read_text()[-2000:])
+        elif mode == "timers":
+            lines = report.read_text().splitlines()
+            app_us = float(lines[0].split()[1])
+            print(f"Where a sequential encrypt's time goes ({n} requests after {WARMUP}; "
+                  f"{client_us:.0f} us per request seen by the client, {app_us:.0f} us of "
+                  "it in the app; wall-clock timers in the gunicorn worker):")
+            print(lines[1] + "  share")
+            for line in lines[2:]:
+                print(f"{line}  {float(line.split()[-1]) / client_us * 100:4.0f}%")
+            rest = client_us - app_us
+            print(f"{'client + loopback + gunicorn (HTTP, thread hand-off)':52} {rest:7.0f}  "
+                  f"{rest / client_us * 100:4.0f}%")
+        else:
+            print(report.read_text())
 
 
 # ---- main ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -22,16 +23,21 @@ def _admin(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the app like `chalice local`, with TCP_NODELAY; print an admin token once."""
-    from chalicelib.local_server import build_server
+    """Serve the app with gunicorn workers through Chalice's local gateway; print an admin
+    token on the first start."""
+    from chalicelib.serving import load_app, serve
 
-    server = build_server(args.host, args.port, args.stage)
+    load_app(args.stage)  # the app and its routes load here, or the command fails now
     _first_start_token()
-    print(f"keyfront serving on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("\nstopped", flush=True)
+    workers = args.workers or os.cpu_count() or 1
+    url = f"http://{args.host}:{args.port}"
+
+    def ready() -> None:
+        print(f"keyfront serving on {url} ({workers} workers x {args.threads} threads;"
+              " Ctrl-C stops)", flush=True)
+
+    serve(args.host, args.port, stage=args.stage, workers=workers, threads=args.threads,
+          access_log=Settings.from_env().access_log, on_ready=ready)
     return 0
 
 
@@ -138,10 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keyfront", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="serve the app locally (chalice local + TCP_NODELAY)")
+    s = sub.add_parser("serve", help="serve the app locally (gunicorn workers in front of"
+                                     " Chalice's local gateway)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--stage", default="dev")
+    s.add_argument("--workers", type=int, default=0,
+                   help="worker processes, each with its own HSM session and store"
+                        " connection (default: one per CPU)")
+    s.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("token", help="create, list or revoke API tokens")

@@ -42,6 +42,18 @@ class Settings:
 
     max_plaintext_bytes: int = 64 * 1024
 
+    # Serving and the hot path (see README "Serving, caches and the audit log").
+    access_log: bool = True  # `keyfront serve` logs one line per request
+    # How long a token or key record read from the store is used without reading it again:
+    # the bound within which a revocation, rotation or deletion made by another process
+    # takes effect (the process that made it sees it at once). 0 = read on every use.
+    cache_seconds: float = 1.0
+    # Audit partitions per UTC day: 0 = automatic (16 on DynamoDB, whose partitions take about
+    # 1,000 writes/s each; 1 on SQLite). Lowering it hides the records of the shards above
+    # the new count from the readers of those days.
+    audit_shards: int = 0
+    audit_batch_max: int = 25  # key-use records written in one store call at most
+
     # The one bound on optimistic-transaction attempts before a clear "busy, retry" conflict.
     retry_attempts: int = 32
     # Limits a shared service needs beyond any vendor's: per-ring caps and a rate limit on
@@ -52,6 +64,13 @@ class Settings:
     generation_window_seconds: int = 60
     # The ring an all-rings token works on where a dialect needs exactly one ring.
     default_ring: str = "default"
+
+    @property
+    def audit_partitions(self) -> int:
+        """Audit partitions per day, `audit_shards` resolved for the store in use."""
+        if self.audit_shards > 0:
+            return self.audit_shards
+        return 16 if self.store_backend == "dynamodb" else 1
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -78,6 +97,10 @@ class Settings:
                                        d.bind_key_label_prefix),
             wrap_mechanism=_env("KEYFRONT_WRAP_MECHANISM", d.wrap_mechanism),
             max_plaintext_bytes=_int("KEYFRONT_MAX_PLAINTEXT_BYTES", d.max_plaintext_bytes),
+            access_log=_env("KEYFRONT_ACCESS_LOG", "1") != "0",
+            cache_seconds=float(_env("KEYFRONT_CACHE_SECONDS", str(d.cache_seconds))),
+            audit_shards=_int("KEYFRONT_AUDIT_SHARDS", d.audit_shards),
+            audit_batch_max=_int("KEYFRONT_AUDIT_BATCH_MAX", d.audit_batch_max),
             retry_attempts=_int("KEYFRONT_RETRY_ATTEMPTS", d.retry_attempts),
             max_keys_per_ring=_int("KEYFRONT_MAX_KEYS_PER_RING", d.max_keys_per_ring),
             max_versions_per_key=_int("KEYFRONT_MAX_VERSIONS_PER_KEY", d.max_versions_per_key),

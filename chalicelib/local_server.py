@@ -1,47 +1,37 @@
-"""A thin runner around Chalice's local gateway, with TCP_NODELAY and less per-request work.
+"""Chalice's local gateway, built once per process, and the stage's environment.
 
-Requests are still served by Chalice's local machinery: `ChaliceRequestHandler` (http.server)
-turns them into API Gateway events for `LocalGateway`, which runs the route's authorizer, if
-any, and calls the app. Only avoidable per-request costs are removed, the results are unchanged:
+`keyfront serve` (chalicelib/serving.py) hands every request to `KeyfrontLocalGateway`:
+Chalice's `LocalGateway`, which turns it into the API Gateway event `chalice local` builds, runs
+the route's authorizer, if any, and calls the app. Only avoidable per-request costs are
+removed, the results are unchanged:
 
-- TCP_NODELAY on each accepted socket. `chalice local` writes the headers and the body of a
-  response in two sends; with Nagle on, a keep-alive client waits for the delayed ACK (~40 ms)
-  before the body arrives.
-- The response's headers and body go out in one send (the same bytes): one wake-up of the
-  client instead of two.
-- One `LocalGateway` per server instead of one per connection, and its route matcher
-  pre-indexed by segment count (`IndexedRouteMatcher`: the same MatchResult as Chalice's
-  `RouteMatcher`, found among fewer candidates).
-- The request's headers are copied into a dict in one pass, not one scan per header.
+- One gateway per process instead of one per connection, and its route matcher pre-indexed by
+  segment count (`IndexedRouteMatcher`: the same MatchResult as Chalice's `RouteMatcher`,
+  found among fewer candidates).
 - The Lambda context's configuration (function name, memory, timeout) is read once, not three
   chained config lookups per request; each request still gets its own `LambdaContext`.
+- A path no route matches gets API Gateway's 403 without Chalice's echo of the
+  Authorization header.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 import uuid
-from email.message import Message
 from typing import Any
 
 from chalice.app import Chalice
 from chalice.compat import parse_qs, urlparse
 from chalice.config import Config
-from chalice.deploy.validate import validate_routes
 from chalice.local import (
-    ChaliceRequestHandler,
     ForbiddenError,
     HeaderType,
     LambdaContext,
     LambdaEventConverter,
-    LocalDevServer,
     LocalGateway,
     MatchResult,
     RouteMatcher,
-    ThreadedHTTPServer,
 )
 
 from chalicelib.config import REPO_ROOT
@@ -135,75 +125,6 @@ class KeyfrontLocalGateway(LocalGateway):
                 b'{"message": "Missing Authentication Token"}') from None
 
 
-def header_dict(headers: Message) -> dict[str, Any]:
-    """dict(headers), in one pass over the headers instead of one per header.
-
-    dict() of an email Message maps each header name, as sent, to msg[name]: the value of
-    the first header with that name in any case (so repeated headers keep the first value).
-    """
-    items = headers.items()
-    first: dict[str, Any] = {}
-    for name, value in items:
-        first.setdefault(name.lower(), value)
-    return {name: first[name.lower()] for name, _ in items}
-
-
-class NoDelayHandler(ChaliceRequestHandler):
-    """Chalice's request handler with Nagle's algorithm disabled (StreamRequestHandler flag),
-    the server's shared gateway, and each response written in one send."""
-
-    disable_nagle_algorithm = True
-
-    def __init__(self, request: Any, client_address: Any, server: Any, app_object: Chalice,
-                 config: Config, gateway: LocalGateway | None = None) -> None:
-        if gateway is None:
-            super().__init__(request, client_address, server, app_object, config)
-            return
-        # ChaliceRequestHandler.__init__ builds a LocalGateway per connection: reuse ours.
-        self.local_gateway = gateway
-        super(ChaliceRequestHandler, self).__init__(request, client_address, server)
-
-    def _parse_payload(self) -> tuple[HeaderType, bytes | None]:
-        # ChaliceRequestHandler's, with dict(self.headers) built in one pass (see below).
-        body = None
-        content_length = int(self.headers.get("content-length", "0"))
-        if content_length > 0:
-            body = self.rfile.read(content_length)
-        return header_dict(self.headers), body
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        if os.environ.get("KEYFRONT_ACCESS_LOG", "1") != "0":
-            super().log_message(format, *args)
-
-    def _send_http_response_with_body(self, code: int, headers: HeaderType,
-                                      body: str | bytes) -> None:
-        # ChaliceRequestHandler's, with the end of the headers and the body in one write.
-        self.send_response(code)
-        if not isinstance(body, bytes):
-            body = body.encode("utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        content_type = headers.pop("Content-Type", "application/json")
-        self.send_header("Content-Type", content_type)
-        for header_name, header_value in headers.items():
-            if isinstance(header_value, list):
-                for value in header_value:
-                    self.send_header(header_name, value)
-            else:
-                self.send_header(header_name, header_value)
-        if self.request_version != "HTTP/0.9":  # end_headers() then write(body), one send
-            self._headers_buffer.append(b"\r\n")
-            self._headers_buffer.append(body)
-            self.flush_headers()
-        else:  # no status line nor headers: end_headers() sends nothing
-            self.wfile.write(body)
-
-
-class QuietThreadedHTTPServer(ThreadedHTTPServer):
-    """Threaded server whose listen backlog fits benchmarks with many clients."""
-
-    request_queue_size = 128
-
-
 def stage_environment(stage: str) -> dict[str, str]:
     """The environment_variables of a stage in .chalice/config.json (global, then stage)."""
     cfg = json.loads((REPO_ROOT / ".chalice" / "config.json").read_text())
@@ -222,34 +143,3 @@ def apply_stage_environment(stage: str) -> None:
         if k == "SOFTHSM2_CONF" and not os.path.isabs(v):
             v = str(REPO_ROOT / v)
         os.environ.setdefault(k, v)
-
-
-def make_server(app: Chalice, config: Config, host: str, port: int) -> LocalDevServer:
-    """Chalice's LocalDevServer for app, with our handler, server class and one gateway.
-
-    Like chalice.local.create_local_server, it gives the app a thread-local current_request.
-    """
-    from chalice.local import LocalChalice
-
-    class _Local(LocalChalice, app.__class__):  # type: ignore[misc,valid-type]
-        pass
-
-    app.__class__ = _Local
-    gateway = KeyfrontLocalGateway(app, config)  # no per-request state: shared by threads
-    return LocalDevServer(app, config, host, port,
-                          handler_cls=functools.partial(NoDelayHandler, gateway=gateway),
-                          server_cls=QuietThreadedHTTPServer)
-
-
-def build_server(host: str, port: int, stage: str = "dev") -> LocalDevServer:
-    """Load app.py with the stage's environment (variables already set win) and bind."""
-    apply_stage_environment(stage)
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import app as app_module
-
-    app = app_module.app
-    validate_routes(app.routes)
-    config = Config.create(chalice_stage=stage, app_name=app.app_name, chalice_app=app,
-                           project_dir=str(REPO_ROOT))
-    return make_server(app, config, host, port)

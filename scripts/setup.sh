@@ -23,7 +23,7 @@ fi
 stamp=.venv/.keyfront-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -e '.[dev,serve]'
   echo "$want" > "$stamp"
 fi
 

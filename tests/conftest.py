@@ -146,7 +146,8 @@ REPO = Path(__file__).resolve().parent.parent
 class LiveServer:
     """A running `keyfront serve`, plus in-process services on the same store and token."""
 
-    def __init__(self, backend: str, env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(self, backend: str, env: dict[str, str], port: int, log_path: Path,
+                 workers: int = 1) -> None:
         from chalicelib.config import Settings
         from chalicelib.core.services import Services
 
@@ -155,6 +156,10 @@ class LiveServer:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
+        # One worker: a change made over one connection is seen at once over every other
+        # (the in-process caches' bound applies between workers; tests/test_serving.py runs
+        # two).
+        self.workers = workers
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -177,7 +182,8 @@ class LiveServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists()
-             else "python3", "-m", "chalicelib.cli", "serve", "--port", str(self.port)],
+             else "python3", "-m", "chalicelib.cli", "serve", "--port", str(self.port),
+             "--workers", str(self.workers)],
             cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=log,
         )
         deadline = time.monotonic() + 30
@@ -224,7 +230,7 @@ class LiveServer:
         return raw
 
 
-def _start_server(backend: str, tmp: Path, moto: str | None) -> LiveServer:
+def _start_server(backend: str, tmp: Path, moto: str | None, workers: int = 1) -> LiveServer:
     env = {"KEYFRONT_STORE": backend, "KEYFRONT_ACCESS_LOG": "0"}
     if backend == "sqlite":
         env["KEYFRONT_SQLITE_PATH"] = str(tmp / "server.sqlite3")
@@ -234,7 +240,7 @@ def _start_server(backend: str, tmp: Path, moto: str | None) -> LiveServer:
         table = f"kf-srv-{uuid.uuid4().hex[:8]}"
         create_table(table, region="us-east-1", endpoint_url=moto)
         env.update({"KEYFRONT_DYNAMODB_TABLE": table, "KEYFRONT_DYNAMODB_ENDPOINT": moto or ""})
-    srv = LiveServer(backend, env, free_port(), tmp / f"server-{backend}.log")
+    srv = LiveServer(backend, env, free_port(), tmp / f"server-{backend}.log", workers)
     srv.start()
     return srv
 
