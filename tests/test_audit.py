@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+
+import pytest
 
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.tokens import Caller, Principal, Scope
+from chalicelib.errors import InvalidInput, Unavailable
 
 
 def _caller() -> Caller:
@@ -96,16 +101,16 @@ def test_record_on_a_whole_second_and_its_log_line(store):
 
 
 def test_a_record_write_retried_after_a_lost_response_is_one_record(sqlite_store):
-    """A store client that retries a put whose response was lost finds its own record there
-    (DynamoDB answers ConditionalCheckFailed): that is success, not a failed request."""
+    """A store client that retries a write whose response was lost writes the same record
+    again (records are written unconditionally at a unique place): one record, success."""
 
     class LostResponse:
         def __init__(self, store):
             self._store = store
 
-        def put_if_absent(self, item):
-            self._store.put_if_absent(item)  # written, then the response is lost: retried
-            return self._store.put_if_absent(item)
+        def transact(self, ops):
+            self._store.transact(ops)  # written, then the response is lost: retried
+            return self._store.transact(ops)
 
         def __getattr__(self, name):
             return getattr(self._store, name)
@@ -113,3 +118,105 @@ def test_a_record_write_retried_after_a_lost_response_is_one_record(sqlite_store
     audit = AuditLog(LostResponse(sqlite_store))  # type: ignore[arg-type]
     rec = audit.record(None, "test.retried", "obj", request_id="rid-lost")
     assert [r["sk"] for r in audit.find(action="test.retried")] == [rec["sk"]]
+
+
+class _Gated:
+    """A store whose first transact waits for a gate: callers arriving meanwhile queue up."""
+
+    def __init__(self, store, fail: bool = False):
+        self._store = store
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = fail
+
+    def transact(self, ops):
+        self.calls.append(len(ops))
+        if len(self.calls) == 1:
+            self.entered.set()
+            assert self.gate.wait(10)
+        if self.fail:
+            raise Unavailable("store down")
+        return self._store.transact(ops)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def _record_in_threads(audit, n):
+    results: list[object] = [None] * n
+
+    def run(i):
+        try:
+            results[i] = audit.record(None, "test.batched", f"obj{i}")
+        except Exception as exc:  # noqa: BLE001 - compared below
+            results[i] = exc
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    return threads, results
+
+
+def test_concurrent_records_are_written_in_batches_and_each_returns_once_stored(sqlite_store):
+    store = _Gated(sqlite_store)
+    audit = AuditLog(store, batch_max=5)  # type: ignore[arg-type]
+    threads, results = _record_in_threads(audit, 12)
+    threads[0].start()
+    assert store.entered.wait(10)  # the first write is under way ...
+    for t in threads[1:]:
+        t.start()  # ... and 11 more records arrive meanwhile
+    deadline = time.monotonic() + 10
+    while len(audit._batches._pending) < 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(isinstance(r, dict) for r in results[1:])  # nobody returned early
+    store.gate.set()
+    for t in threads:
+        t.join(10)
+    assert store.calls == [1, 5, 5, 1]  # group commit, at most batch_max per call
+    stored = {r["object"] for r in audit.find(action="test.batched")}
+    assert stored == {f"obj{i}" for i in range(12)}
+    assert all(isinstance(r, dict) for r in results)
+
+
+def test_a_failed_batch_fails_every_record_in_it(sqlite_store):
+    store = _Gated(sqlite_store, fail=True)
+    audit = AuditLog(store, batch_max=25)  # type: ignore[arg-type]
+    threads, results = _record_in_threads(audit, 6)
+    threads[0].start()
+    assert store.entered.wait(10)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(audit._batches._pending) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.gate.set()
+    for t in threads:
+        t.join(10)
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert audit.find(action="test.batched") == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])
+def test_sharded_days_are_read_merged_in_order_across_pages(backend, request):
+    store = request.getfixturevalue(f"{backend}_store")
+    t = [1_900_000_000.0]
+    old = AuditLog(store, clock=lambda: t[0])  # one partition: records before sharding
+    old.record(None, "test.shards", "before")
+    audit = AuditLog(store, clock=lambda: t[0], shards=4)
+    written = []
+    for i in range(30):
+        t[0] += 0.001
+        written.append(audit.record(None, "test.shards", f"o{i}"))
+    assert len({r["pk"] for r in written}) > 1  # spread over the shards
+    assert all(r["pk"].startswith("audit#2030-03-17#") for r in written)
+    day = "2030-03-17"
+    got, cursor, pages = [], None, 0
+    while True:
+        page = audit.day(day, limit=7, cursor=cursor)
+        got += page.items
+        pages += 1
+        if not page.cursor:
+            break
+        cursor = page.cursor
+    assert [r["object"] for r in got] == ["before"] + [f"o{i}" for i in range(30)]
+    assert pages == 5
+    with pytest.raises(InvalidInput):
+        audit.day(day, cursor="!!")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.core.tokens import Caller
-from chalicelib.errors import Forbidden, KeyfrontError, MisplacedRecord, StoreConditionFailed
-from chalicelib.store import Op, Page, Put, Store
+from chalicelib.errors import Forbidden, InvalidInput, KeyfrontError, MisplacedRecord, Unavailable
+from chalicelib.store import MAX_TRANSACTION_OPS, Op, Page, Put, Store, cursor_after
 
 log = logging.getLogger("keyfront.audit")
 
@@ -104,12 +107,101 @@ def _stamps(now: float) -> tuple[str, str, str]:
             local + "Z")
 
 
-class AuditLog:
-    """Writes audit records through the store, one partition per UTC day."""
+class GroupCommit:
+    """Audit records of key use, written in batches: one store call for every record that
+    arrived while the previous call was under way (group commit).
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    Each caller returns only once its own record is durable (or raises the store's error,
+    so that the operation it records is not acknowledged either): nothing acknowledged is
+    lost. A caller that finds no write under way writes at once (sequential use costs what
+    a single write costs); one that arrives during a write waits for it, and the next batch
+    (at most `batch_max` records) is written by one of the waiting callers.
+    """
+
+    def __init__(self, store: Store, batch_max: int) -> None:
+        self._store = store
+        self._max = max(1, min(batch_max, MAX_TRANSACTION_OPS))
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._writing = False
+
+    def write(self, item: dict[str, Any]) -> None:
+        """Write `item` (its place is unique): return when it is stored, or raise."""
+        mine = _Pending(item)
+        with self._cond:
+            self._pending.append(mine)
+            while self._writing and not mine.done:
+                self._cond.wait()
+            if mine.done:
+                mine.check(led=False)
+                return
+            self._writing = True  # this caller leads until its own record is written
+        try:
+            while not mine.done:
+                with self._cond:
+                    batch = self._pending[:self._max]
+                    del self._pending[:self._max]
+                error: BaseException | None = None
+                try:
+                    # unconditional puts: a write retried after a lost response is harmless
+                    self._store.transact([Put(p.item, if_absent=False) for p in batch])
+                except BaseException as exc:  # every waiter of the batch gets it
+                    error = exc
+                with self._cond:
+                    for p in batch:
+                        p.done, p.error = True, error
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+        mine.check(led=True)
+
+
+class _Pending:
+    __slots__ = ("item", "done", "error")
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        self.item = item
+        self.done = False
+        self.error: BaseException | None = None
+
+    def check(self, led: bool) -> None:
+        """Raise the batch's error: the store's own for the caller that wrote it, a fresh
+        Unavailable for the others (one exception object is not raised in many threads)."""
+        if self.error is not None:
+            if led:
+                raise self.error
+            raise Unavailable("the audit record could not be written") from self.error
+
+
+class AuditLog:
+    """Writes audit records through the store, in `shards` partitions per UTC day.
+
+    One partition of a store takes a bounded write rate (DynamoDB: about 1,000 writes/s), so
+    each record goes to one of `shards` partitions of its day at random; readers merge them.
+    With one shard the partition is "audit#<day>"; with more, "audit#<day>#<i>", and readers
+    also read "audit#<day>" (records written before sharding was turned on).
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, *,
+                 shards: int = 1, batch_max: int = 25) -> None:
         self._store = store
         self._clock = clock
+        self._shards = max(1, shards)
+        self._batches = GroupCommit(store, batch_max)
+
+    def _partitions(self, day: str) -> list[str]:
+        """The partitions of a day's records, in reading order."""
+        base = f"audit#{day}"
+        if self._shards == 1:
+            return [base]
+        return [base, *(f"{base}#{i:02d}" for i in range(self._shards))]
+
+    def _partition(self, day: str) -> str:
+        if self._shards == 1:
+            return f"audit#{day}"
+        return f"audit#{day}#{secrets.randbelow(self._shards):02d}"
 
     def record(self, caller: Caller | None, action: str, obj: str, outcome: str = "success",
                *, request_id: str | None = None, principal: str | None = None,
@@ -117,14 +209,10 @@ class AuditLog:
         """Write one record: time, principal, action, object, outcome, request id."""
         item = self.item(caller, action, obj, outcome, request_id=request_id,
                          principal=principal, **details)
-        try:
-            self._store.put_if_absent(item)
-        except StoreConditionFailed:
-            # Our own write, retried by the store client after a lost response, finds itself
-            # there: that is success. (Record sort keys carry 48 random bits: nothing else
-            # is at this place.)
-            if self._store.get(item["pk"], item["sk"]) is None:
-                raise
+        # Batched with the records of concurrent requests; returns once this one is stored.
+        # (Record sort keys carry 48 random bits: nothing else is at this place, and an
+        # unconditional write retried after a lost response writes the same record.)
+        self._batches.write(item)
         self.logged(item)
         return item
 
@@ -135,7 +223,7 @@ class AuditLog:
         now = self._clock()
         day, sk_time, iso_time = _stamps(now)
         item = {
-            "pk": f"audit#{day}",
+            "pk": self._partition(day),
             "sk": f"{sk_time}#{secrets.token_hex(6)}",
             "time": iso_time,
             "principal": principal or (caller.principal.name if caller else "anonymous"),
@@ -197,8 +285,25 @@ class AuditLog:
             self.record(caller, action, op.obj, "success", principal=principal, **op.details)
 
     def day(self, day: str, *, limit: int = 100, cursor: str | None = None) -> Page:
-        """Records of one UTC day (YYYY-MM-DD), oldest first."""
-        return self._store.query(f"audit#{day}", limit=limit, cursor=cursor)
+        """Records of one UTC day (YYYY-MM-DD), oldest first, its partitions merged.
+
+        The cursor is the last record's sort key (unique: time and 48 random bits), so the
+        next page asks each partition for what follows it."""
+        parts = self._partitions(day)
+        if len(parts) == 1:
+            return self._store.query(parts[0], limit=limit, cursor=cursor)
+        after = None if cursor is None else _decode_after(cursor)
+        items: list[dict[str, Any]] = []
+        more = False
+        for pk in parts:
+            page = self._store.query(pk, limit=limit,
+                                     cursor=None if after is None else cursor_after(pk, after))
+            items += page.items
+            more = more or page.cursor is not None
+        items.sort(key=lambda r: r["sk"])
+        more = more or len(items) > limit
+        items = items[:limit]
+        return Page(items, _encode_after(items[-1]["sk"]) if more and items else None)
 
     def find(self, *, action: str | None = None, obj: str | None = None,
              request_id: str | None = None) -> list[dict[str, Any]]:
@@ -214,6 +319,20 @@ class AuditLog:
             if not page.cursor:
                 return out
             cursor = page.cursor
+
+
+def _encode_after(sk: str) -> str:
+    return base64.urlsafe_b64encode(sk.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def _decode_after(cursor: str) -> str:
+    try:
+        sk = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeError) as exc:
+        raise InvalidInput("invalid pagination cursor") from exc
+    if not sk:
+        raise InvalidInput("invalid pagination cursor")
+    return sk
 
 
 class Operation:

@@ -37,7 +37,10 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         """Open the store and the HSM named by settings."""
         store = open_store(settings)
-        return cls(settings, store, get_hsm(settings), TokenService(store), AuditLog(store),
+        return cls(settings, store, get_hsm(settings),
+                   TokenService(store, cache_seconds=settings.cache_seconds),
+                   AuditLog(store, shards=settings.audit_partitions,
+                            batch_max=settings.audit_batch_max),
                    GenerationRate(store, settings))
 
     def domain(self, factory: Callable[[Services], D]) -> D:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib.core.cache import TtlCache
 from chalicelib.core.kinds import PERMISSIONS
 from chalicelib.errors import (
     Conflict,
@@ -125,9 +126,14 @@ class Caller:
 class TokenService:
     """Create, authenticate, list and revoke tokens; records live in the store."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, *,
+                 cache_seconds: float = 0) -> None:
         self._store = store
         self._clock = clock
+        # Hash records by hash, for `cache_seconds` (the bound on a revocation made by another
+        # process; this process's revocations drop their entry at once). Only tokens found
+        # are cached: guessing tokens cannot fill the cache.
+        self._cache: TtlCache[str, dict[str, Any]] = TtlCache(cache_seconds)
 
     def create(self, principal: str, scopes: Iterable[Scope],
                ttl_seconds: int = 30 * 24 * 3600) -> tuple[str, dict[str, Any]]:
@@ -177,9 +183,14 @@ class TokenService:
             # also keeps non-ASCII (lone surrogates) away from the hash
             raise Unauthenticated("missing or malformed token")
         # looked up by its hash: no comparison of secrets happens in Python
-        item = self._store.get(_hash_pk(hash_token(raw)), "token")
+        digest = hash_token(raw)
+        item = self._cache.get(digest)
         if item is None:
-            raise Unauthenticated("invalid token")
+            mark = self._cache.drops()
+            item = self._store.get(_hash_pk(digest), "token")
+            if item is None:
+                raise Unauthenticated("invalid token")
+            self._cache.put(digest, item, read_after=mark)
         if item.get("revoked_at") or int(item["expires_at"]) <= int(self._clock()):
             raise Unauthenticated("token expired or revoked")
         return Principal(
@@ -221,6 +232,7 @@ class TokenService:
                 self._store.transact(ops)
             except (StoreTransactionCancelled, StoreConditionFailed):
                 continue  # raced with another revoke: look again
+            self._cache.drop(index["hash"])
             return _public(updated)
         raise Conflict("token is being changed concurrently; try again")
 

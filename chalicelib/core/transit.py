@@ -30,13 +30,15 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, Operation
+from chalicelib.core.cache import TtlCache
 from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -87,6 +89,10 @@ BACKUP_BYTES_PER_VERSION = 640
 # bytes of JSON, twice base64'd (the backup string, then inside the request body)
 BACKUP_OVERHEAD_BYTES = 16 * 1024 + MAX_INFO_CHARS * 12 * 16 // 9
 
+
+
+# Key uses read the key record through the cache; every other verb drops its entry.
+KEY_USES = frozenset({"encrypt", "decrypt", "rewrap", "datakey"})
 
 
 def key_bits(key_type: object) -> int:
@@ -278,6 +284,9 @@ class TransitKeys:
         self._settings = settings
         self._clock = clock
         self._versions = VersionCache()
+        # Key records for key use (encrypt, decrypt, rewrap, data keys), for the settings'
+        # bound; every other operation on a key drops its entry in this process.
+        self._records: TtlCache[tuple[str, str], TransitKey] = TtlCache(settings.cache_seconds)
 
     # ---- names ------------------------------------------------------------------------------
 
@@ -289,9 +298,16 @@ class TransitKeys:
         """The audit object of a ring or a key."""
         return f"{self.kind.name}/{ring}/{name}" if name else f"{self.kind.name}/{ring}"
 
-    def _op(self, grant: Grant, verb: str, name: str = "") -> Any:
+    @contextmanager
+    def _op(self, grant: Grant, verb: str, name: str = "") -> Iterator[Operation]:
         grant.require(self.action(verb))
-        return self._audit.operation(grant.caller, self.action(verb), self.obj(grant.ring, name))
+        try:
+            with self._audit.operation(grant.caller, self.action(verb),
+                                       self.obj(grant.ring, name)) as op:
+                yield op
+        finally:
+            if name and verb not in KEY_USES:
+                self._records.drop((grant.ring, name))  # it may have changed the record
 
     def _pk(self, ring: str) -> str:
         return f"{self.kind.store_prefix}#{ring}"
@@ -306,6 +322,25 @@ class TransitKeys:
         if key.state == KeyState.DELETING:
             self._purge(key)  # finish an interrupted deletion: the key is gone
             return None
+        return key
+
+    def _use(self, ring: str, name: str, version: int | None = None) -> TransitKey | None:
+        """The key record for a key use, from the cache while it is fresh; read again when
+        the use names a version newer than the cached latest (a rotation elsewhere)."""
+        cached = self._records.get((ring, name))
+        if cached is not None and (version is None or version <= cached.latest_version):
+            return cached
+        mark = self._records.drops()
+        key = self._find(ring, name)
+        if key is not None:
+            self._records.put((ring, name), key, read_after=mark)
+        return key
+
+    def _require_use(self, ring: str, name: str, version: int | None = None) -> TransitKey:
+        key = self._use(ring, name, version)
+        if key is None:
+            raise NotFound(f"key {name} not found", reason="key_not_found", name=name,
+                           ring=ring)
         return key
 
     def _require(self, ring: str, name: str) -> TransitKey:
@@ -596,7 +631,7 @@ class TransitKeys:
             self._check_plaintext(plaintext)
             if key_type is not None:
                 key_bits(key_type)
-            key = self._find(grant.ring, name)
+            key = self._use(grant.ring, name, key_version)
             created = False
             if key is None:
                 if not grant.holds(*self.kind.needed(self.action("key.create"))):
@@ -625,7 +660,7 @@ class TransitKeys:
     def decrypt(self, grant: Grant, name: str, ciphertext: str) -> Decrypted:
         """Decrypt; the version comes from the ciphertext prefix."""
         with self._op(grant, "decrypt", name) as op:
-            key = self._require(grant.ring, name)
+            key = self._require_use(grant.ring, name, _version_of(ciphertext))
             plaintext, n = self._open(key, ciphertext)
             op.note(key_version=n)
             return Decrypted(plaintext, n, key)
@@ -635,7 +670,8 @@ class TransitKeys:
         """Re-encrypt a ciphertext under to_version (default latest); the plaintext never
         leaves the service."""
         with self._op(grant, "rewrap", name) as op:
-            key = self._require(grant.ring, name)
+            key = self._require_use(grant.ring, name,
+                                    max(_version_of(ciphertext) or 0, to_version or 0) or None)
             plaintext, old = self._open(key, ciphertext)
             n = self._pick(key, to_version, "to_version")
             op.note(from_version=old, to_version=n)
@@ -651,7 +687,7 @@ class TransitKeys:
             if type(bits) is not int or bits not in DATAKEY_BITS:
                 raise InvalidInput("bits must be 128, 256 or 512", field="bits")
             op.note(bits=bits)  # validated first: only a valid value is audited
-            key = self._require(grant.ring, name)
+            key = self._require_use(grant.ring, name, key_version)
             n = self._pick(key, key_version, "key_version")
             raw = self._hsm.random_bytes(bits // 8)
             op.note(key_version=n)
@@ -779,6 +815,15 @@ class TransitKeys:
             except KeyfrontError:
                 self._purge(replace(key, state=KeyState.ACTIVE))
                 raise
+
+
+def _version_of(ciphertext: str) -> int | None:
+    """The key version a ciphertext names, or None if it does not parse (its use fails
+    later with the parser's own error)."""
+    try:
+        return parse_ciphertext(ciphertext)[0]
+    except KeyfrontError:
+        return None
 
 
 def _exists(name: str) -> Conflict:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from chalicelib.config import Settings
+from chalicelib.store._items import encode_cursor as cursor_after
 from chalicelib.store.base import Check, Delete, Item, Op, Page, Put, Store, Update
 
-__all__ = ["Check", "Delete", "Item", "Op", "Page", "Put", "Store", "Update", "open_store"]
+__all__ = ["Check", "Delete", "Item", "Op", "Page", "Put", "Store", "Update", "cursor_after",
+           "open_store"]
+
+MAX_TRANSACTION_OPS = 100  # DynamoDB's TransactWriteItems limit; the SQLite store has none
 
 
 def open_store(settings: Settings) -> Store:
