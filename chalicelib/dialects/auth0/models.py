@@ -43,7 +43,7 @@ MetadataValue = Annotated[str, Field(max_length=MAX_METADATA_CHARS)]
 class KeysBody(BaseModel):
     """POST /connections/{id}/keys and /keys/rotate."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     signing_alg: SigningAlgName | None = None
 
@@ -51,13 +51,13 @@ class KeysBody(BaseModel):
 class EmptyBody(BaseModel):
     """Endpoints that take no body properties (rotate/revoke signing keys)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 class ConnectionCreate(BaseModel):
     """POST /connections (the properties Auth0 documents for create)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     name: ConnectionName
     strategy: str
@@ -83,7 +83,7 @@ class ConnectionCreate(BaseModel):
 class ConnectionQuery(BaseModel):
     """GET /connections query string."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     per_page: Annotated[int, Field(ge=0, le=100)] | None = None
     page: Annotated[int, Field(ge=0)] | None = None
@@ -97,7 +97,7 @@ class ConnectionQuery(BaseModel):
 class FieldsQuery(BaseModel):
     """GET /connections/{id} query string."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     fields: str | None = None
     include_fields: bool | None = None

@@ -50,7 +50,7 @@ Pem = Annotated[str, Field(min_length=1, max_length=MAX_PEM_CHARS)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 class NewKey(_Strict):

@@ -58,7 +58,7 @@ def _strict_int(value: object) -> object:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class CreateKeyBody(_Body):
