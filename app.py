@@ -22,5 +22,6 @@ app.register_blueprint(miarec_bp)
 
 @app.lambda_function(name="admin")
 def admin_function(event: dict, context: object) -> dict:
-    """Admin events (create-token, revoke-token, list-tokens, health); see chalicelib/admin.py."""
-    return admin.handle(event)
+    """Admin events (create-token, revoke-token, list-tokens, health); see chalicelib/admin.py.
+    A result that is not ok raises, so the invocation reports a FunctionError."""
+    return admin.invoke(event)

@@ -117,19 +117,57 @@ def cmd_store(args: argparse.Namespace) -> int:
     if args.store_cmd == "cfn-template":
         from chalicelib.store.dynamodb_store import cloudformation_template
 
-        print(json.dumps(cloudformation_template(args.table or settings.dynamodb_table),
-                         indent=2))
+        print(json.dumps(cloudformation_template(args.table or settings.dynamodb_table,
+                                                 settings.dynamodb_kms_key), indent=2))
         return 0
     if settings.store_backend == "dynamodb":
         from chalicelib.store.dynamodb_store import create_table
 
         create_table(settings.dynamodb_table, region=settings.aws_region,
-                     endpoint_url=settings.dynamodb_endpoint)
+                     endpoint_url=settings.dynamodb_endpoint,
+                     kms_key=settings.dynamodb_kms_key)
     else:
         from chalicelib.store import open_store
 
         open_store(settings).ping()
     print(json.dumps({"store": settings.store_backend, "ready": True}))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Write what `chalice package`/`chalice deploy` read beside config.json (see deploy.py)."""
+    from chalicelib import deploy
+    from chalicelib.config import REPO_ROOT
+
+    settings = Settings.from_env()  # the stage's variables, applied by main()
+    chalice_dir = REPO_ROOT / ".chalice"
+    if args.deploy_cmd == "policies":
+        for role in deploy.FUNCTIONS:
+            path = chalice_dir / f"policy-{args.stage}-{role}.json"
+            policy = deploy.role_policy(role, settings.dynamodb_table,
+                                        settings.pin_secret_arn, settings.dynamodb_kms_key)
+            path.write_text(json.dumps(policy, indent=2) + "\n")
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+        return 0
+    # template
+    if deploy.local_runtime() != deploy.LAMBDA_RUNTIME:
+        raise SystemExit(f"keyfront: error: chalice packages wheels for this interpreter "
+                         f"({deploy.local_runtime()}) but the template pins "
+                         f"{deploy.LAMBDA_RUNTIME}: run it from a {deploy.LAMBDA_RUNTIME} venv")
+    stage = json.loads((chalice_dir / "config.json").read_text())["stages"].get(args.stage, {})
+    for value in deploy.placeholders(stage):
+        print(f"keyfront: warning: .chalice/config.json stage {args.stage} still holds the "
+              f"example value {value!r}", file=sys.stderr)
+    fragment = deploy.merge_template(
+        settings.dynamodb_table, settings.dynamodb_kms_key,
+        log_retention="log_retention_in_days" in stage,
+        custom_domain="api_gateway_custom_domain" in stage)
+    text = json.dumps(fragment, indent=2)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
     return 0
 
 
@@ -174,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     cf = stsub.add_parser("cfn-template", help="CloudFormation for the DynamoDB table")
     cf.add_argument("--table")
     st.set_defaults(func=cmd_store)
+
+    d = sub.add_parser("deploy", help="files for chalice package/deploy (policies, template)")
+    dsub = d.add_subparsers(dest="deploy_cmd", required=True)
+    dp = dsub.add_parser("policies", help="write .chalice/policy-STAGE-{api,admin}.json")
+    dt = dsub.add_parser("template", help="the fragment for chalice package --merge-template")
+    dt.add_argument("-o", "--output", help="file to write (default: standard output)")
+    for parser in (dp, dt):
+        parser.add_argument("--stage", default="prod",
+                            help="stage of .chalice/config.json whose variables apply")
+    d.set_defaults(func=cmd_deploy)
     return p
 
 

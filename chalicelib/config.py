@@ -30,6 +30,9 @@ class Settings:
     # moto server (one lock, a shared process) can be slower than DynamoDB under load.
     dynamodb_read_timeout: int = 5
     aws_region: str = "us-east-1"
+    # Customer-managed KMS key (ARN) encrypting the table; None = DynamoDB's AWS-managed key.
+    # Read by `keyfront store init` and `keyfront deploy`, not by a request.
+    dynamodb_kms_key: str | None = None
 
     pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str = "keyfront"
@@ -67,6 +70,7 @@ class Settings:
             dynamodb_endpoint=os.environ.get("KEYFRONT_DYNAMODB_ENDPOINT") or None,
             dynamodb_read_timeout=_int("KEYFRONT_DYNAMODB_READ_TIMEOUT",
                                        d.dynamodb_read_timeout),
+            dynamodb_kms_key=os.environ.get("KEYFRONT_DYNAMODB_KMS_KEY") or None,
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", d.aws_region)),
             pkcs11_module=_env("KEYFRONT_PKCS11_MODULE", d.pkcs11_module),
             token_label=_env("KEYFRONT_TOKEN_LABEL", d.token_label),
