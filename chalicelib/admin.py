@@ -64,9 +64,13 @@ class AdminEventFailed(Exception):
     returning a 200 that a script would have to inspect."""
 
 
-def invoke(event: Any, services: Services | None = None) -> dict[str, Any]:
+def invoke(event: Any, services: Services | None = None, context: Any = None) -> dict[str, Any]:
     """The admin Lambda function: `handle`, raising AdminEventFailed when it did not succeed
-    (a refused event, or a health check that found a component down)."""
+    (a refused event, or a health check that found a component down). Its log lines carry
+    the invocation's request id (`context` is Lambda's)."""
+    from chalicelib import logs
+
+    logs.invocation(context)
     result = handle(event, services)
     if not result.get("ok"):
         raise AdminEventFailed(json.dumps(result, sort_keys=True))

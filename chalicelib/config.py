@@ -55,6 +55,10 @@ class Settings:
     generation_window_seconds: int = 60
     # The ring an all-rings token works on where a dialect needs exactly one ring.
     default_ring: str = "default"
+    # Logs and metrics (chalicelib/logs.py): the level of the keyfront loggers, and whether
+    # each request is counted as CloudWatch EMF lines (default: when running in Lambda).
+    log_level: str = "INFO"
+    metrics: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -89,6 +93,10 @@ class Settings:
             generation_window_seconds=_int("KEYFRONT_GENERATION_WINDOW_SECONDS",
                                            d.generation_window_seconds),
             # KEYFRONT_AUTH0_DEFAULT_TENANT is the name earlier releases documented
+            log_level=_env("KEYFRONT_LOG_LEVEL", d.log_level).upper(),
+            metrics=_env("KEYFRONT_METRICS",
+                         "on" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "off")
+            in ("on", "1", "true"),
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
         )
