@@ -350,8 +350,8 @@ def create_table(table: str, region: str, endpoint_url: str | None = None,
     """Create the table as the template declares it (see cloudformation_template): key
     schema, on-demand billing, KMS encryption, deletion protection, point-in-time recovery
     and TTL on `expires_at`. Idempotent: an existing table gets PITR and TTL switched on."""
-    client = make_client("dynamodb", region, endpoint_url)
-    with aws_errors():
+    with aws_errors():  # a bad profile fails already here
+        client = make_client("dynamodb", region, endpoint_url)
         try:
             client.create_table(TableName=table, **copy.deepcopy(TABLE_DEFINITION),
                                 SSESpecification=_sse(kms_key, enabled_key="Enabled"),
