@@ -250,16 +250,36 @@ def build_parser() -> argparse.ArgumentParser:
                             help="stage of .chalice/config.json whose variables apply "
                                  "(%(default)s)")
     d.set_defaults(func=cmd_deploy)
+
+    o = sub.add_parser("openapi", help="write the OpenAPI 3.1 description of every route",
+                       description="Print or write what GET /openapi.json serves.")
+    o.add_argument("-o", "--output", help="file to write (default: standard output)")
+    o.set_defaults(func=cmd_openapi)
     return p
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from chalicelib.openapi import package_version
 
-    try:
-        return version("keyfront")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
+    return package_version()
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Write the OpenAPI description of every route (what GET /openapi.json serves)."""
+    from chalicelib import openapi
+    from chalicelib.config import REPO_ROOT
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app as app_module  # app.py sits at the repository root, beside chalicelib
+
+    text = json.dumps(openapi.build(app_module.app), indent=2, sort_keys=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
 
 
 def _fail(message: str) -> int:
