@@ -18,6 +18,10 @@ def _int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
 
 
+def _capped(value: int, cap: int) -> int:
+    return min(value, cap) if cap > 0 else value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable; `from_env()` reads it, defaults are the local dev setup."""
@@ -44,6 +48,14 @@ class Settings:
     wrap_mechanism: str = "AES_KEY_WRAP_PAD"
 
     max_plaintext_bytes: int = 64 * 1024
+    # HSM differences (CloudHSM: the HSM makes the GCM IV itself and takes at most 16 KiB per
+    # AES-GCM call). A maximum caps max_plaintext_bytes too, so a request over it is the
+    # client's 400 rather than an HSM failure.
+    gcm_iv_from_hsm: bool = False
+    hsm_max_gcm_bytes: int = 0  # 0: no limit beyond max_plaintext_bytes
+    # Where an RSA signature's hash is computed: "hsm" (SHAxxx_RSA_PKCS[_PSS]) or "host"
+    # (the digest signed with CKM_RSA_PKCS[_PSS]), as the wrap mechanism is configuration.
+    rsa_sign_hashing: str = "hsm"
 
     # The one bound on optimistic-transaction attempts before a clear "busy, retry" conflict.
     retry_attempts: int = 32
@@ -85,7 +97,13 @@ class Settings:
             bind_key_label_prefix=_env("KEYFRONT_BIND_KEY_LABEL_PREFIX",
                                        d.bind_key_label_prefix),
             wrap_mechanism=_env("KEYFRONT_WRAP_MECHANISM", d.wrap_mechanism),
-            max_plaintext_bytes=_int("KEYFRONT_MAX_PLAINTEXT_BYTES", d.max_plaintext_bytes),
+            max_plaintext_bytes=_capped(_int("KEYFRONT_MAX_PLAINTEXT_BYTES",
+                                             d.max_plaintext_bytes),
+                                        _int("KEYFRONT_HSM_MAX_GCM_BYTES", d.hsm_max_gcm_bytes)),
+            gcm_iv_from_hsm=_env("KEYFRONT_GCM_IV_FROM_HSM", "false").lower()
+            in ("1", "true", "on", "yes"),
+            hsm_max_gcm_bytes=_int("KEYFRONT_HSM_MAX_GCM_BYTES", d.hsm_max_gcm_bytes),
+            rsa_sign_hashing=_env("KEYFRONT_RSA_SIGN_HASHING", d.rsa_sign_hashing).lower(),
             retry_attempts=_int("KEYFRONT_RETRY_ATTEMPTS", d.retry_attempts),
             max_keys_per_ring=_int("KEYFRONT_MAX_KEYS_PER_RING", d.max_keys_per_ring),
             max_versions_per_key=_int("KEYFRONT_MAX_VERSIONS_PER_KEY", d.max_versions_per_key),
