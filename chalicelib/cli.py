@@ -157,6 +157,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                          f"({deploy.local_runtime()}) but the template pins "
                          f"{deploy.LAMBDA_RUNTIME}: run it from a {deploy.LAMBDA_RUNTIME} venv")
     stage = json.loads((chalice_dir / "config.json").read_text())["stages"].get(args.stage, {})
+    for role in deploy.FUNCTIONS:
+        path = chalice_dir / f"policy-{args.stage}-{role}.json"
+        expected = deploy.role_policy(role, settings.dynamodb_table, settings.pin_secret_arn,
+                                      settings.dynamodb_kms_key)
+        if not path.exists() or json.loads(path.read_text()) != expected:
+            print(f"keyfront: warning: {path.name} is not what the code needs (a new ring "
+                  f"kind, table or key?): run `keyfront deploy policies --stage {args.stage}`",
+                  file=sys.stderr)
     for value in deploy.placeholders(stage):
         print(f"keyfront: warning: .chalice/config.json stage {args.stage} still holds the "
               f"example value {value!r}", file=sys.stderr)

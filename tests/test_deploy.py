@@ -30,14 +30,13 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> dict[str, Any]:
-    """sam.json as `chalice package --stage prod --merge-template` writes it.
+def project(tmp_path_factory) -> Path:
+    """A copy of what `chalice package` reads: app.py, chalicelib, .chalice.
 
-    The project is copied with an empty requirements.txt: the template does not depend on
-    the dependencies, and resolving them means downloading Linux wheels (network, ~30 s).
+    requirements.txt is empty: the template does not depend on the dependencies, and
+    resolving them means downloading Linux wheels (network, ~30 s).
     """
-    work = tmp_path_factory.mktemp("package")
-    project = work / "project"
+    project = tmp_path_factory.mktemp("package") / "project"
     project.mkdir()
     shutil.copy(REPO / "app.py", project)
     shutil.copytree(REPO / "chalicelib", project / "chalicelib",
@@ -46,16 +45,45 @@ def template(tmp_path_factory) -> dict[str, Any]:
     for f in (REPO / ".chalice").glob("*.json"):
         shutil.copy(f, project / ".chalice")
     (project / "requirements.txt").write_text("")
+    return project
+
+
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
     env["AWS_DEFAULT_REGION"] = "us-east-1"
-    extras = work / "extras.json"
-    subprocess.run([sys.executable, "-m", "chalicelib.cli", "deploy", "template",
-                    "--stage", "prod", "-o", str(extras)],
-                   cwd=REPO, env=env, check=True, capture_output=True)
+    return env
+
+
+def _merge_template(project: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    # run from the copy: `python -m` imports its chalicelib, which reads its .chalice
+    return subprocess.run([sys.executable, "-m", "chalicelib.cli", "deploy", "template",
+                           "--stage", "prod", "-o", str(out)],
+                          cwd=project, env=_env(), check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def template(project) -> dict[str, Any]:
+    """sam.json as `chalice package --stage prod --merge-template` writes it."""
+    extras = project.parent / "extras.json"
+    made = _merge_template(project, extras)
+    assert "policy" not in made.stderr  # the committed policies are current
     subprocess.run([str(BIN / "chalice"), "package", "--stage", "prod", "--merge-template",
-                    str(extras), str(work / "out")],
-                   cwd=project, env=env, check=True, capture_output=True)
-    return json.loads((work / "out" / "sam.json").read_text())
+                    str(extras), str(project.parent / "out")],
+                   cwd=project, env=_env(), check=True, capture_output=True)
+    return json.loads((project.parent / "out" / "sam.json").read_text())
+
+
+def test_a_stale_policy_file_is_reported(project, tmp_path):
+    stale = tmp_path / "project"
+    shutil.copytree(project, stale, ignore=shutil.ignore_patterns("__pycache__"))
+    policy = stale / ".chalice" / "policy-prod-api.json"
+    document = json.loads(policy.read_text())
+    document["Statement"][1]["Condition"]["ForAllValues:StringLike"][
+        "dynamodb:LeadingKeys"].remove("ss#*")  # as if a ring kind were added since
+    policy.write_text(json.dumps(document))
+    made = _merge_template(stale, tmp_path / "extras.json")
+    assert "policy-prod-api.json" in made.stderr and "deploy policies" in made.stderr
+    assert "policy-prod-admin.json" not in made.stderr
 
 
 def test_cfn_lint_passes(template, tmp_path):
