@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-
 from chalice import Chalice
 
-from chalicelib import admin
+from chalicelib import admin, logs
 from chalicelib.dialects import service
 from chalicelib.dialects.auth0 import bp as auth0_bp
 from chalicelib.dialects.miarec import bp as miarec_bp
 from chalicelib.dialects.storedsafe import bp as storedsafe_bp
 
-app = Chalice(app_name="keyfront")
-app.log.setLevel(logging.INFO)
+# Chalice's own log handler ("keyfront - INFO - ...") is replaced by chalicelib/logs.py's
+# JSON lines.
+app = Chalice(app_name="keyfront", configure_logs=False)
+app.register_middleware(logs.http_middleware(app), "http")
 app.register_blueprint(service.bp)
 app.register_blueprint(auth0_bp)
 app.register_blueprint(storedsafe_bp)
@@ -22,5 +22,6 @@ app.register_blueprint(miarec_bp)
 
 @app.lambda_function(name="admin")
 def admin_function(event: dict, context: object) -> dict:
-    """Admin events (create-token, revoke-token, list-tokens, health); see chalicelib/admin.py."""
-    return admin.handle(event)
+    """Admin events (create-token, revoke-token, list-tokens, health); see chalicelib/admin.py.
+    A result that is not ok raises, so the invocation reports a FunctionError."""
+    return admin.invoke(event, context=context)

@@ -7,11 +7,13 @@ Events:
   {"action": "list-tokens"}                      -> {"ok": true, "tokens": [...]}
   {"action": "revoke-token", "token_id": "..."}  -> {"ok": true, "record": {...}}
   {"action": "health"}                           -> {"ok": bool, "checks": {...}}
-Errors: {"ok": false, "error": code, "message": text}.
+Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
+invocation (see `invoke`), so `aws lambda invoke` reports a FunctionError.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -54,3 +56,22 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
                            field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}
+
+
+class AdminEventFailed(Exception):
+    """Raised by the Lambda entry point for a result with `ok: false`: the invocation then
+    fails visibly (`FunctionError: Unhandled`, the result as `errorMessage`) instead of
+    returning a 200 that a script would have to inspect."""
+
+
+def invoke(event: Any, services: Services | None = None, context: Any = None) -> dict[str, Any]:
+    """The admin Lambda function: `handle`, raising AdminEventFailed when it did not succeed
+    (a refused event, or a health check that found a component down). Its log lines carry
+    the invocation's request id (`context` is Lambda's)."""
+    from chalicelib import logs
+
+    logs.invocation(context)
+    result = handle(event, services)
+    if not result.get("ok"):
+        raise AdminEventFailed(json.dumps(result, sort_keys=True))
+    return result

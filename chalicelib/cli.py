@@ -27,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token on the first start."""
     from chalicelib.serving import load_app, serve
 
+    _check_listen(args.host, args.port)  # a port in use is one error line, not five retries
     load_app(args.stage)  # the app and its routes load here, or the command fails now
     _first_start_token()
     workers = args.workers or os.cpu_count() or 1
@@ -39,6 +40,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.host, args.port, stage=args.stage, workers=workers, threads=args.threads,
           access_log=Settings.from_env().access_log, on_ready=ready)
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """OSError if `host:port` cannot be listened on (bound the way gunicorn binds)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
 
 
 def _first_start_token() -> None:
@@ -89,7 +100,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     else:
         event = {"action": "revoke-token", "token_id": args.token_id}
     result = _admin(event)
-    if args.json or args.token_cmd != "create" or not result.get("ok"):
+    if not result.get("ok") and not args.json:
+        return _fail(result.get("message", "failed"))
+    if args.json or args.token_cmd != "create":
         _print(result, args.json)
     else:
         print(result["token"])
@@ -123,14 +136,15 @@ def cmd_store(args: argparse.Namespace) -> int:
     if args.store_cmd == "cfn-template":
         from chalicelib.store.dynamodb_store import cloudformation_template
 
-        print(json.dumps(cloudformation_template(args.table or settings.dynamodb_table),
-                         indent=2))
+        print(json.dumps(cloudformation_template(args.table or settings.dynamodb_table,
+                                                 settings.dynamodb_kms_key), indent=2))
         return 0
     if settings.store_backend == "dynamodb":
         from chalicelib.store.dynamodb_store import create_table
 
         create_table(settings.dynamodb_table, region=settings.aws_region,
-                     endpoint_url=settings.dynamodb_endpoint)
+                     endpoint_url=settings.dynamodb_endpoint,
+                     kms_key=settings.dynamodb_kms_key)
     else:
         from chalicelib.store import open_store
 
@@ -139,64 +153,223 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Write what `chalice package`/`chalice deploy` read beside config.json (see deploy.py)."""
+    from chalicelib import deploy
+    from chalicelib.config import REPO_ROOT
+
+    settings = Settings.from_env()  # the stage's variables, applied by main()
+    chalice_dir = REPO_ROOT / ".chalice"
+    if args.deploy_cmd == "policies":
+        for role in deploy.FUNCTIONS:
+            path = chalice_dir / f"policy-{args.stage}-{role}.json"
+            policy = deploy.role_policy(role, settings.dynamodb_table,
+                                        settings.pin_secret_arn, settings.dynamodb_kms_key)
+            path.write_text(json.dumps(policy, indent=2) + "\n")
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+        return 0
+    # template
+    if deploy.local_runtime() != deploy.LAMBDA_RUNTIME:
+        raise SystemExit(f"keyfront: error: chalice packages wheels for this interpreter "
+                         f"({deploy.local_runtime()}) but the template pins "
+                         f"{deploy.LAMBDA_RUNTIME}: run it from a {deploy.LAMBDA_RUNTIME} venv")
+    stage = json.loads((chalice_dir / "config.json").read_text())["stages"].get(args.stage, {})
+    for role in deploy.FUNCTIONS:
+        path = chalice_dir / f"policy-{args.stage}-{role}.json"
+        expected = deploy.role_policy(role, settings.dynamodb_table, settings.pin_secret_arn,
+                                      settings.dynamodb_kms_key)
+        if not path.exists() or json.loads(path.read_text()) != expected:
+            print(f"keyfront: warning: {path.name} is not what the code needs (a new ring "
+                  f"kind, table or key?): run `keyfront deploy policies --stage {args.stage}`",
+                  file=sys.stderr)
+    for value in deploy.placeholders(stage):
+        print(f"keyfront: warning: .chalice/config.json stage {args.stage} still holds the "
+              f"example value {value!r}", file=sys.stderr)
+    fragment = deploy.merge_template(
+        settings.dynamodb_table, settings.dynamodb_kms_key,
+        log_retention="log_retention_in_days" in stage,
+        custom_domain="api_gateway_custom_domain" in stage)
+    text = json.dumps(fragment, indent=2)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     p = argparse.ArgumentParser(prog="keyfront", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                   help="print keyfront's version and exit")
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, print the Python traceback too")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="serve the app locally (gunicorn workers in front of"
-                                     " Chalice's local gateway)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--stage", default="dev")
+                                     " Chalice's local gateway)",
+                       description="Serve the app on HOST:PORT with the stage's variables.")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
+    s.add_argument("--stage", default="dev",
+                   help="stage of .chalice/config.json whose variables apply (%(default)s)")
     s.add_argument("--workers", type=int, default=0,
                    help="worker processes, each with its own HSM session and store"
                         " connection (default: one per CPU)")
-    s.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    s.add_argument("--threads", type=int, default=8, help="threads per worker (%(default)s)")
     s.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("token", help="create, list or revoke API tokens")
-    tsub = t.add_subparsers(dest="token_cmd", required=True)
-    tc = tsub.add_parser("create")
-    tc.add_argument("--principal", required=True)
+    t = sub.add_parser("token", help="create, list or revoke API tokens",
+                       description="API tokens, through the admin function's code.")
+    tsub = t.add_subparsers(dest="token_cmd", required=True, metavar="ACTION")
+    tc = tsub.add_parser("create", help="mint a token (printed once)",
+                         description="Mint a token; only its hash is stored.")
+    tc.add_argument("--principal", required=True,
+                    help="who the token stands for (a MiaRec token: the user id)")
     tc.add_argument("--scope", action="append", required=True,
                     help="KIND:RING:PERM[,PERM...], RING may be *; repeatable")
-    tc.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds")
-    tc.add_argument("--json", action="store_true")
-    tl = tsub.add_parser("list")
-    tl.add_argument("--json", action="store_true")
-    tr = tsub.add_parser("revoke")
-    tr.add_argument("token_id")
-    tr.add_argument("--json", action="store_true")
+    tc.add_argument("--ttl", type=int, default=30 * 24 * 3600,
+                    help="lifetime in seconds (%(default)s)")
+    tc.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    tl = tsub.add_parser("list", help="list tokens (never their secrets)",
+                         description="List the tokens' records.")
+    tl.add_argument("--json", action="store_true", help="print compact JSON")
+    tr = tsub.add_parser("revoke", help="revoke a token by its id",
+                         description="Revoke a token: it stops working at once.")
+    tr.add_argument("token_id", help="the token_id that create and list show")
+    tr.add_argument("--json", action="store_true", help="print compact JSON")
     t.set_defaults(func=cmd_token)
 
-    a = sub.add_parser("admin", help="run a raw admin event (JSON)")
-    a.add_argument("payload")
+    a = sub.add_parser("admin", help="run a raw admin event (JSON)",
+                       description="Run an admin event, as `aws lambda invoke` sends it.")
+    a.add_argument("payload", help='the event as JSON, e.g. \'{"action":"health"}\'')
     a.set_defaults(func=cmd_admin)
 
-    h = sub.add_parser("hsm", help="HSM set-up")
-    hsub = h.add_subparsers(dest="hsm_cmd", required=True)
-    hsub.add_parser("init", help="create the KEK and bind key if absent")
+    h = sub.add_parser("hsm", help="HSM set-up",
+                       description="Set up the HSM token named by the settings.")
+    hsub = h.add_subparsers(dest="hsm_cmd", required=True, metavar="ACTION")
+    hsub.add_parser("init", help="create the KEK and bind key if absent",
+                    description="Create the KEK (KEYFRONT_KEK_VERSION) and the bind key on "
+                                "the token if they are absent.")
     h.set_defaults(func=cmd_hsm_init)
 
-    st = sub.add_parser("store", help="store set-up")
-    stsub = st.add_subparsers(dest="store_cmd", required=True)
-    stsub.add_parser("init", help="create the SQLite file or the DynamoDB table")
-    cf = stsub.add_parser("cfn-template", help="CloudFormation for the DynamoDB table")
-    cf.add_argument("--table")
+    st = sub.add_parser("store", help="store set-up",
+                        description="Set up the store named by KEYFRONT_STORE.")
+    stsub = st.add_subparsers(dest="store_cmd", required=True, metavar="ACTION")
+    stsub.add_parser("init", help="create the SQLite file or the DynamoDB table",
+                     description="Create the SQLite file, or the DynamoDB table as the "
+                                 "deploy template declares it.")
+    cf = stsub.add_parser("cfn-template", help="CloudFormation for the DynamoDB table",
+                          description="Print the table's CloudFormation fragment.")
+    cf.add_argument("--table", help="table name (default: KEYFRONT_DYNAMODB_TABLE)")
     st.set_defaults(func=cmd_store)
+
+    d = sub.add_parser("deploy", help="files for chalice package/deploy (policies, template)",
+                       description="Write what chalice package/deploy read beside "
+                                   "config.json, built from the code.")
+    dsub = d.add_subparsers(dest="deploy_cmd", required=True, metavar="ACTION")
+    dp = dsub.add_parser("policies", help="write .chalice/policy-STAGE-{api,admin}.json",
+                         description="Write both functions' IAM policies.")
+    dt = dsub.add_parser("template", help="the fragment for chalice package --merge-template",
+                         description="Print or write the merge template (table, runtime, "
+                                     "outputs); warn about example values left in the stage.")
+    dt.add_argument("-o", "--output", help="file to write (default: standard output)")
+    for parser in (dp, dt):
+        parser.add_argument("--stage", default="prod",
+                            help="stage of .chalice/config.json whose variables apply "
+                                 "(%(default)s)")
+    d.set_defaults(func=cmd_deploy)
+
+    o = sub.add_parser("openapi", help="write the OpenAPI 3.1 description of every route",
+                       description="Print or write what GET /openapi.json serves.")
+    o.add_argument("-o", "--output", help="file to write (default: standard output)")
+    o.set_defaults(func=cmd_openapi)
     return p
 
 
+def _version() -> str:
+    from chalicelib.openapi import package_version
+
+    return package_version()
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Write the OpenAPI description of every route (what GET /openapi.json serves)."""
+    from chalicelib import openapi
+    from chalicelib.config import REPO_ROOT
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import app as app_module  # app.py sits at the repository root, beside chalicelib
+
+    text = json.dumps(openapi.build(app_module.app), indent=2, sort_keys=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def _fail(message: str) -> int:
+    """One line on standard error, exit status 1."""
+    print(f"keyfront: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _explain(exc: BaseException) -> str:
+    """An error's message and, for a component that failed, what it said (its cause)."""
+    from chalicelib.errors import KeyfrontError
+
+    message = exc.message if isinstance(exc, KeyfrontError) else str(exc)
+    cause = exc.__cause__
+    if cause is not None:
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        message += f" ({type(cause).__name__}{': ' + detail if detail else ''})"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: errors are one line on stderr and a non-zero exit
+    (with --debug, the traceback too); a closed pipe (`keyfront token list | head`) ends it
+    quietly."""
+    import errno
+    import os
+    import traceback
+
+    from chalicelib.errors import KeyfrontError
+
     args = build_parser().parse_args(argv)
     from chalicelib.local_server import apply_stage_environment
 
-    # Every command sees the same configuration as the server: the stage's variables,
-    # unless the environment already sets them.
-    apply_stage_environment(getattr(args, "stage", "dev"))
-    return int(args.func(args))
+    try:
+        # Every command sees the same configuration as the server: the stage's variables,
+        # unless the environment already sets them.
+        apply_stage_environment(getattr(args, "stage", "dev"))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # Python would report the pipe again while flushing stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a reader that went away
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line's last line of defence
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, KeyfrontError):
+            return _fail(_explain(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EACCES,
+                                                      errno.EADDRNOTAVAIL) \
+                and getattr(args, "port", None) is not None:
+            return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
+        if isinstance(exc, OSError):
+            where = f": {exc.filename}" if exc.filename else ""
+            return _fail(f"{exc.strerror or exc}{where}")
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (--debug shows where)")
 
 
 if __name__ == "__main__":

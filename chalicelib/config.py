@@ -18,6 +18,10 @@ def _int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
 
 
+def _capped(value: int, cap: int) -> int:
+    return min(value, cap) if cap > 0 else value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable; `from_env()` reads it, defaults are the local dev setup."""
@@ -30,6 +34,9 @@ class Settings:
     # moto server (one lock, a shared process) can be slower than DynamoDB under load.
     dynamodb_read_timeout: int = 5
     aws_region: str = "us-east-1"
+    # Customer-managed KMS key (ARN) encrypting the table; None = DynamoDB's AWS-managed key.
+    # Read by `keyfront store init` and `keyfront deploy`, not by a request.
+    dynamodb_kms_key: str | None = None
 
     pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str = "keyfront"
@@ -41,6 +48,14 @@ class Settings:
     wrap_mechanism: str = "AES_KEY_WRAP_PAD"
 
     max_plaintext_bytes: int = 64 * 1024
+    # HSM differences (CloudHSM: the HSM makes the GCM IV itself and takes at most 16 KiB per
+    # AES-GCM call). A maximum caps max_plaintext_bytes too, so a request over it is the
+    # client's 400 rather than an HSM failure.
+    gcm_iv_from_hsm: bool = False
+    hsm_max_gcm_bytes: int = 0  # 0: no limit beyond max_plaintext_bytes
+    # Where an RSA signature's hash is computed: "hsm" (SHAxxx_RSA_PKCS[_PSS]) or "host"
+    # (the digest signed with CKM_RSA_PKCS[_PSS]), as the wrap mechanism is configuration.
+    rsa_sign_hashing: str = "hsm"
 
     # Serving and the hot path (see README "Serving, caches and the audit log").
     access_log: bool = True  # `keyfront serve` logs one line per request
@@ -64,6 +79,10 @@ class Settings:
     generation_window_seconds: int = 60
     # The ring an all-rings token works on where a dialect needs exactly one ring.
     default_ring: str = "default"
+    # Logs and metrics (chalicelib/logs.py): the level of the keyfront loggers, and whether
+    # each request is counted as CloudWatch EMF lines (default: when running in Lambda).
+    log_level: str = "INFO"
+    metrics: bool = False
 
     @property
     def audit_partitions(self) -> int:
@@ -86,6 +105,7 @@ class Settings:
             dynamodb_endpoint=os.environ.get("KEYFRONT_DYNAMODB_ENDPOINT") or None,
             dynamodb_read_timeout=_int("KEYFRONT_DYNAMODB_READ_TIMEOUT",
                                        d.dynamodb_read_timeout),
+            dynamodb_kms_key=os.environ.get("KEYFRONT_DYNAMODB_KMS_KEY") or None,
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", d.aws_region)),
             pkcs11_module=_env("KEYFRONT_PKCS11_MODULE", d.pkcs11_module),
             token_label=_env("KEYFRONT_TOKEN_LABEL", d.token_label),
@@ -96,7 +116,13 @@ class Settings:
             bind_key_label_prefix=_env("KEYFRONT_BIND_KEY_LABEL_PREFIX",
                                        d.bind_key_label_prefix),
             wrap_mechanism=_env("KEYFRONT_WRAP_MECHANISM", d.wrap_mechanism),
-            max_plaintext_bytes=_int("KEYFRONT_MAX_PLAINTEXT_BYTES", d.max_plaintext_bytes),
+            max_plaintext_bytes=_capped(_int("KEYFRONT_MAX_PLAINTEXT_BYTES",
+                                             d.max_plaintext_bytes),
+                                        _int("KEYFRONT_HSM_MAX_GCM_BYTES", d.hsm_max_gcm_bytes)),
+            gcm_iv_from_hsm=_env("KEYFRONT_GCM_IV_FROM_HSM", "false").lower()
+            in ("1", "true", "on", "yes"),
+            hsm_max_gcm_bytes=_int("KEYFRONT_HSM_MAX_GCM_BYTES", d.hsm_max_gcm_bytes),
+            rsa_sign_hashing=_env("KEYFRONT_RSA_SIGN_HASHING", d.rsa_sign_hashing).lower(),
             access_log=_env("KEYFRONT_ACCESS_LOG", "1") != "0",
             cache_seconds=float(_env("KEYFRONT_CACHE_SECONDS", str(d.cache_seconds))),
             audit_shards=_int("KEYFRONT_AUDIT_SHARDS", d.audit_shards),
@@ -108,6 +134,10 @@ class Settings:
             generation_window_seconds=_int("KEYFRONT_GENERATION_WINDOW_SECONDS",
                                            d.generation_window_seconds),
             # KEYFRONT_AUTH0_DEFAULT_TENANT is the name earlier releases documented
+            log_level=_env("KEYFRONT_LOG_LEVEL", d.log_level).upper(),
+            metrics=_env("KEYFRONT_METRICS",
+                         "on" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "off")
+            in ("on", "1", "true"),
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
         )

@@ -65,7 +65,8 @@ def test_lambda_function_is_registered():
     import app
 
     assert "admin" in app.app.pure_lambda_functions[0].name
-    assert app.admin_function({"action": "nope"}, None)["ok"] is False
+    with pytest.raises(admin.AdminEventFailed):  # a FunctionError, visible to the caller
+        app.admin_function({"action": "nope"}, None)
 
 
 def test_console_script_mints_a_token_as_json(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chalicelib import logs
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.kinds import KINDS, SIGNING, TENANT_KEYS, TRANSIT, RingKind
 from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
@@ -74,7 +75,9 @@ def check(caller: Caller, kind: RingKind, ring: str, action: str,
 def authorize(audit: AuditLog, caller: Caller, kind: RingKind, ring: str, action: str,
               obj: str, variant: str | None = None) -> Grant:
     """`check`, with a refusal audited as "denied" (reason permission_missing) under `action`
-    and `obj`. The one place a request's permission is decided."""
+    and `obj`. The one place a request's permission is decided; from here on the request's
+    log lines name the caller's principal."""
+    logs.set_principal(caller.principal.name)
     try:
         return check(caller, kind, ring, action, variant, obj)
     except Forbidden as exc:

@@ -1,6 +1,9 @@
-"""Vendor-neutral routes: GET /health."""
+"""Vendor-neutral routes: GET /health, GET /openapi.json."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 from chalice import Blueprint, Response
 
@@ -25,3 +28,20 @@ def health() -> Response:
     ok = all(v == "ok" for v in checks.values())
     return json_response(200 if ok else 503,
                          {"status": "ok" if ok else "unavailable", "checks": checks})
+
+
+_document: dict[str, Any] | None = None
+_document_lock = threading.Lock()
+
+
+@bp.route("/openapi.json", methods=["GET"])
+@guarded(bp, _render)
+def openapi_document() -> Response:
+    """The OpenAPI 3.1 description of every route (built once per process)."""
+    global _document
+    from chalicelib import openapi
+
+    with _document_lock:
+        if _document is None:
+            _document = openapi.build(bp.current_app)
+    return json_response(200, _document)

@@ -332,6 +332,9 @@ class Hsm:
         except KeyError as exc:
             raise errors.Unavailable(
                 f"unknown wrap mechanism {settings.wrap_mechanism!r}") from exc
+        if settings.rsa_sign_hashing not in ("hsm", "host"):
+            raise errors.Unavailable(
+                f"KEYFRONT_RSA_SIGN_HASHING is hsm or host, not {settings.rsa_sign_hashing!r}")
         self._ts: TokenSession = token_session(settings)
 
     # ---- health ------------------------------------------------------------------------
@@ -611,18 +614,40 @@ class Hsm:
 
     def encrypt_gcm(self, key: WrappedKey, context: str, plaintext: bytes,
                     aad: bytes = b"") -> bytes:
-        """AES-GCM in the HSM: nonce(12) || ciphertext || tag(16), a fresh random nonce."""
+        """AES-GCM in the HSM: nonce(12) || ciphertext || tag(16), a fresh nonce.
+
+        The nonce is the one the HSM used, read back from the parameter buffer after the call:
+        some HSMs (CloudHSM) ignore a supplied IV and write their own into that buffer
+        (python-pkcs11 hands the HSM the buffer itself). With `gcm_iv_from_hsm` the buffer
+        starts zeroed and a call that leaves it so is refused, never sent out with a fixed
+        nonce; otherwise it starts random, so an HSM that keeps it gets a fresh one too.
+        """
         self._require_kind(key, "aes")
         plaintext = _as_bytes(plaintext, "plaintext")
-        nonce = os.urandom(GCM_NONCE_BYTES)  # 96-bit random nonce per message
-        params = pkcs11.GCMParams(nonce, _as_bytes(aad, "aad"), GCM_TAG_BYTES * 8)
+        self._check_gcm_size(len(plaintext))
+        from_hsm = self.settings.gcm_iv_from_hsm
+        # A new buffer per call, written in place by an HSM that makes its own IV.
+        nonce = bytearray(GCM_NONCE_BYTES) if from_hsm else bytearray(os.urandom(GCM_NONCE_BYTES))
+        params = pkcs11.GCMParams(nonce, _as_bytes(aad, "aad"), GCM_TAG_BYTES * 8)  # type: ignore[arg-type]
 
         def op(state: SessionState) -> bytes:
             obj = self._usable(state, key, context)
             return bytes(obj.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
                                      mechanism_param=params))
 
-        return nonce + self._ts.run(op)
+        sealed = self._ts.run(op)
+        used = bytes(params.nonce)
+        if from_hsm and used == bytes(GCM_NONCE_BYTES):
+            raise errors.Unavailable("the HSM returned no GCM IV (is KEYFRONT_GCM_IV_FROM_HSM "
+                                     "right for this HSM?)")
+        return used + sealed
+
+    def _check_gcm_size(self, n: int) -> None:
+        """The HSM's largest AES-GCM input (`hsm_max_gcm_bytes`; CloudHSM: 16 KiB)."""
+        limit = self.settings.hsm_max_gcm_bytes
+        if limit and n > limit:
+            raise errors.LimitExceeded(f"the HSM takes at most {limit} bytes per AES-GCM call",
+                                       limit=limit)
 
     def decrypt_gcm(self, key: WrappedKey, context: str, data: bytes, aad: bytes = b"") -> bytes:
         """Inverse of encrypt_gcm; a wrong key, aad, tag or truncated input: IntegrityError."""
@@ -630,6 +655,7 @@ class Hsm:
         data = _as_bytes(data, "ciphertext")
         if len(data) < GCM_NONCE_BYTES + GCM_TAG_BYTES:
             raise errors.IntegrityError("ciphertext is truncated")
+        self._check_gcm_size(len(data) - GCM_NONCE_BYTES - GCM_TAG_BYTES)  # its plaintext
         params = pkcs11.GCMParams(data[:GCM_NONCE_BYTES], _as_bytes(aad, "aad"),
                                   GCM_TAG_BYTES * 8)
 
@@ -798,6 +824,10 @@ class Hsm:
     def _rsa_sign(self, key: WrappedKey, context: str, data: bytes, h: _Hash, *,
                   pss_salt: int | None, mgf: MGF | None, prehashed: bool) -> bytes:
         self._require_kind(key, "rsa")
+        if not prehashed and self.settings.rsa_sign_hashing == "host":
+            # For an HSM without the combined SHAxxx_RSA_PKCS[_PSS] mechanisms (or one that
+            # caps their input): hash here, sign the digest with CKM_RSA_PKCS[_PSS].
+            data, prehashed = hashlib.new(h.name, bytes(data)).digest(), True
         param: tuple[Mechanism, MGF, int] | None = None
         if pss_salt is None:
             mech = Mechanism.RSA_PKCS if prehashed else h.rsa_pkcs
