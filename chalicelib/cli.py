@@ -102,6 +102,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0 if result.get("ok") else 1
 
 
+def cmd_apinizer(args: argparse.Namespace) -> int:
+    """Apinizer project environments through the admin function's code."""
+    event: dict[str, Any] = {"action": f"{args.env_cmd}-environment"
+                             if args.env_cmd != "list" else "list-environments",
+                             "project": args.project}
+    if args.env_cmd in ("create", "delete"):
+        event["name"] = args.name
+    if args.env_cmd == "create":
+        event.update(type=args.type, description=args.description, access_url=args.access_url)
+    result = _admin(event)
+    print(json.dumps(result, sort_keys=True))
+    return 0 if result.get("ok") else 1
+
+
 def cmd_hsm_init(args: argparse.Namespace) -> int:
     """Create the KEK and the bind key on the configured token if absent."""
     from chalicelib.hsm.bootstrap import ensure_keys
@@ -162,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("admin", help="run a raw admin event (JSON)")
     a.add_argument("payload")
     a.set_defaults(func=cmd_admin)
+
+    ap = sub.add_parser("apinizer", help="Apinizer dialect: project environments")
+    apsub = ap.add_subparsers(dest="apinizer_cmd", required=True)
+    env = apsub.add_parser("environment", help="create, list or delete a project's environments")
+    esub = env.add_subparsers(dest="env_cmd", required=True)
+    ec = esub.add_parser("create")
+    ec.add_argument("--project", required=True)
+    ec.add_argument("--name", required=True)
+    ec.add_argument("--type", required=True, help="PRODUCTION, SANDBOX or TEST")
+    ec.add_argument("--description")
+    ec.add_argument("--access-url", dest="access_url")
+    el = esub.add_parser("list")
+    el.add_argument("--project", required=True)
+    ed = esub.add_parser("delete")
+    ed.add_argument("--project", required=True)
+    ed.add_argument("--name", required=True)
+    ap.set_defaults(func=cmd_apinizer)
 
     h = sub.add_parser("hsm", help="HSM set-up")
     hsub = h.add_subparsers(dest="hsm_cmd", required=True)

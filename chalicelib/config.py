@@ -52,6 +52,9 @@ class Settings:
     generation_window_seconds: int = 60
     # The ring an all-rings token works on where a dialect needs exactly one ring.
     default_ring: str = "default"
+    # Lifetime of the short-lived tokens a token endpoint issues for a keyfront token (never
+    # beyond the lifetime of the token it was issued for).
+    access_token_seconds: int = 3600
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,6 +88,8 @@ class Settings:
             generation_window_seconds=_int("KEYFRONT_GENERATION_WINDOW_SECONDS",
                                            d.generation_window_seconds),
             # KEYFRONT_AUTH0_DEFAULT_TENANT is the name earlier releases documented
+            access_token_seconds=_int("KEYFRONT_ACCESS_TOKEN_SECONDS",
+                                      d.access_token_seconds),
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
         )
