@@ -694,3 +694,27 @@ def test_token_endpoint(live_server):
     issued = [r for r in live_server.services.audit.find(action="token.issue")
               if r["principal"] == "ci-client"]
     assert sum(r["outcome"] == "success" for r in issued) >= 2
+
+
+def test_a_key_copied_into_another_project_is_never_used_there(live_server):
+    """The key record and its name's claim copied unchanged into project B: addressing it
+    there is a generic 500 (audited as a failure), B's list leaves it out, A is untouched."""
+    a = project_with_environments(live_server)
+    b = project_with_environments(live_server)
+    owner, thief = Api(live_server, a), Api(live_server, b)
+    owner.create("k")
+    store = live_server.services.store
+    for item in store.query(f"apz#{a}#keys", limit=10).items:
+        if item["sk"] != "head":
+            store.put_if_absent({**{k: v for k, v in item.items() if k != "version"},
+                                 "pk": f"apz#{b}#keys"})
+    for method, body in (("GET", None), ("PUT", {"description": "x"}), ("DELETE", None)):
+        r = thief.call(method, thief.keys("k/"), body)
+        text = failure(r, 500)
+        assert a not in text and b not in text and "k" not in text.replace("(request id", "")
+    r = thief.call("GET", thief.keys())
+    assert r.status == 200 and r.json["resultList"] == []
+    failures = [r for r in live_server.services.audit.find()
+                if r["outcome"] == "failure" and r["object"].startswith(f"apinizer/{b}/keys")]
+    assert len(failures) >= 4
+    assert owner.call("GET", owner.keys("k/")).status == 200

@@ -11,7 +11,7 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.core.project_keys import PRIVATE, PUBLIC, SECRET, EnvironmentContent
 from chalicelib.errors import InvalidInput
@@ -31,7 +31,35 @@ MAX_DESCRIPTION_CHARS = 4096
 MAX_CONTENT_CHARS = 24 * 1024  # base64 of the core's 16 KiB, with line breaks
 MAX_ENTRIES = 64  # the core allows fewer; this bounds the work before it says so
 
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+MAX_NAME_BYTES = 512  # UTF-8: a store key (a claim's sort key) is at most 1,024 bytes
+
+
+def check_name(value: object, what: str, *, slash: bool = True) -> str:
+    """A project, environment or key name: 1 to 255 characters, at most 512 bytes of UTF-8,
+    no control characters, no lone surrogates, "/" only where `slash` (never in a path
+    segment: an environment ring is "<project>/<environment>"). InvalidInput otherwise."""
+    ok = isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS \
+        and value.isprintable() and (slash or "/" not in value)
+    if ok:
+        try:
+            ok = len(str(value).encode("utf-8")) <= MAX_NAME_BYTES
+        except UnicodeEncodeError:
+            ok = False
+    if not ok:
+        raise InvalidInput(f"the {what} name is invalid: 1 to {MAX_NAME_CHARS} printable "
+                           "characters", field=what)
+    return str(value)
+
+
+def _name(value: str) -> str:
+    try:
+        return check_name(value, "key", slash=False)
+    except InvalidInput:
+        raise ValueError(f"must be 1 to {MAX_NAME_CHARS} printable characters, "
+                         "without '/'") from None
+
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_name)]
 
 
 class _Body(BaseModel):
@@ -68,6 +96,8 @@ def _message(err: Any) -> str:
                 "dict_type"):
         return {"string_type": "must be a string", "list_type": "must be a list"}.get(
             kind, "must be an object")
+    if kind == "value_error":
+        return str(err.get("ctx", {}).get("error", "is invalid"))
     if kind in ("string_too_short", "string_too_long", "too_long"):
         return "is too long" if kind != "string_too_short" else "must not be empty"
     return "is invalid"

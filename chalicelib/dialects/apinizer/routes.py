@@ -42,6 +42,7 @@ from chalicelib.dialects.apinizer.models import (
     TYPE_NAMES,
     UPDATE_ACTIONS,
     UPDATE_SCOPES,
+    check_name,
     choice,
     entries,
     parse_key,
@@ -87,11 +88,9 @@ def _principal() -> Principal:
 
 
 def _segment(value: str, what: str) -> str:
-    """A project or environment name from the path: never one holding "/" (an environment
-    ring is "<project>/<environment>")."""
-    if not value or "/" in value:
-        raise InvalidInput(f"the {what} name is invalid", field=what)
-    return value
+    """A project, environment or key name from the path: never one holding "/" (an
+    environment ring is "<project>/<environment>"), see models.check_name."""
+    return check_name(value, what, slash=False)
 
 
 def _grant(verb: str, ring: str, *parts: str, variant: str | None = None,
@@ -180,6 +179,7 @@ def get_key(project: str, name: str) -> Response:
     principal = _principal()
     grant, domain = _grant("key.read", _segment(project, "project"), "keys", name,
                            principal=principal)
+    name = _segment(name, "key")
     return success([_key(domain.get(grant, name))])
 
 
@@ -191,6 +191,7 @@ def update_key(project: str, name: str) -> Response:
     principal = _principal()
     grant, domain = _grant("key.update", _segment(project, "project"), "keys", name,
                            principal=principal)
+    name = _segment(name, "key")
     params = _query()
     action = choice(params, "jwkUpdateAction", UPDATE_ACTIONS)
     scope = choice(params, "updateScope", UPDATE_SCOPES)
@@ -211,6 +212,7 @@ def delete_key(project: str, name: str) -> Response:
     principal = _principal()
     grant, domain = _grant("key.delete", _segment(project, "project"), "keys", name,
                            principal=principal)
+    name = _segment(name, "key")
     action = choice(_query(), "jwkDeleteAction", DELETE_ACTIONS)
     done = domain.delete(grant, name, option=action)
     return success([], deploymentResult=_deployment(done))
@@ -265,6 +267,7 @@ def read_material(project: str, environment: str, name: str) -> Response:
     domain = _domain()
     ring = domain.environment_ring(project, environment)
     grant, domain = _grant("key.material", ring, "keys", name, principal=principal)
+    name = _segment(name, "key")
     key, data = domain.material(grant, project, environment, name)
     alias = next((e.alias for e in key.environments if e.environment == environment), None)
     return success([{**_key(key), "cryptoKeyInfoEnvironmentList": [
