@@ -41,7 +41,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details, object_name
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.limits import cap
+from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import (
     CLAIM_PREFIX,
     Place,
@@ -219,8 +219,11 @@ def _one_algorithm(key_type: str, algorithm: str | None,
     if key_type == SECRET and algorithm is None:
         raise InvalidInput("the algorithm is required for a secret key", field="algorithm",
                            reason="algorithm_required")
-    found = {algorithm_of(key_type, algorithm, e.content, field=f"content:{e.environment}")
-             for e in entries if e.content is not None}
+    # the same material given to several environments is parsed once (an RSA private key's
+    # consistency check takes OpenSSL 3 about 0.1 s)
+    distinct = {e.content: e.environment for e in reversed(entries) if e.content is not None}
+    found = {algorithm_of(key_type, algorithm, content, field=f"content:{env}")
+             for content, env in distinct.items()}
     if known is not None:
         found.add(known)
     if len(found) > 1:
@@ -235,13 +238,14 @@ class ProjectKeys:
     """The domain over the process's store, HSM, audit and tokens; one per container."""
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
-                 tokens: TokenService, settings: Settings,
+                 tokens: TokenService, rate: GenerationRate, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.kind = kind
         self._store = store
         self._hsm = hsm
         self._audit = audit
         self._tokens = tokens
+        self._rate = rate
         self._attempts = settings.retry_attempts
         self._max_keys = settings.max_keys_per_ring
         self._token_seconds = settings.access_token_seconds
@@ -441,6 +445,15 @@ class ProjectKeys:
         return [Check(self.envs_pk(ring), ENV_PREFIX + n, int(items[n]["version"]))
                 for n in names]
 
+    def _spend(self, grant: Grant, key_type: str, algorithm: str | None,
+               entries: Sequence[EnvironmentContent]) -> None:
+        """Opening a private key given is expensive work (see GenerationRate): each distinct
+        one costs 1 of the caller's rate, before any is parsed."""
+        if key_type == PRIVATE or (key_type == SECRET and algorithm == "rsa"):
+            count = len({e.content for e in entries if e.content is not None})
+            if count:
+                self._rate.spend(grant.caller, count)
+
     def create(self, grant: Grant, *, name: str, description: str | None, key_type: str,
                algorithm: str | None,
                environments: Sequence[EnvironmentContent]) -> tuple[ProjectKey, Deployment]:
@@ -452,6 +465,7 @@ class ProjectKeys:
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(ring, "keys", name)) as op:
             op.note(key_type=key_type, environments=len(environments))
+            self._spend(grant, key_type, algorithm, environments)
             found = _one_algorithm(key_type, algorithm, environments, algorithm)
             op.note(algorithm=found)
             # the answers a client can fix come before any HSM work
@@ -517,6 +531,7 @@ class ProjectKeys:
             items = self._environment_items(ring)
             entries = deployed(record["environments"], environments, set(items),
                                needs_content=changes_kind)
+            self._spend(grant, kind, algo, entries)
             found = _one_algorithm(kind, algo, entries,
                                    algo if changes_kind else key.algorithm)
             if new_name is not None and new_name != name \

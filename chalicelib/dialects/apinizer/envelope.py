@@ -22,6 +22,7 @@ from chalicelib.errors import (
     InvalidInput,
     KeyfrontError,
     NotFound,
+    TooManyRequests,
     Unauthenticated,
     Unavailable,
 )
@@ -87,6 +88,10 @@ def render(exc: KeyfrontError, request: object, rid: str) -> Response:
         return failure(401, "unauthorized", text)
     if isinstance(exc, Forbidden):
         return failure(400, BAD_REQUEST, NO_PERMISSION)
+    if isinstance(exc, TooManyRequests):
+        # keyfront's own limit (the vendor documents none): OAuth's and HTTP's word for it
+        return failure(429, "too_many_requests", "Too many private keys opened; try again "
+                       "later", {"Retry-After": str(exc.params.get("retry_after", 1))})
     if isinstance(exc, NotFound | Conflict | InvalidInput) or exc.status < 500:
         return failure(400, BAD_REQUEST, message(exc))
     return failure(400, BAD_REQUEST, exc.message)

@@ -69,7 +69,7 @@ MAX_FORM_BYTES = 8 * 1024
 def project_keys(services: Services) -> ProjectKeys:
     """This dialect's domain over the process's services."""
     return ProjectKeys(KIND, services.store, services.hsm, services.audit, services.tokens,
-                       services.settings)
+                       services.rate, services.settings)
 
 
 def _domain() -> ProjectKeys:
