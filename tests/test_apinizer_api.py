@@ -314,6 +314,10 @@ def test_material_is_read_only_by_the_environment_while_deployed(live_server):
     assert r.status == 200, r.text
     content = r.json["resultList"][0]["cryptoKeyInfoEnvironmentList"][0]["content"]
     assert base64.b64decode(content) == AES
+    bare = api.client.request(
+        "GET", f"/apiops/projects/{project}/environments/production/keys/k/material",
+        headers={"Authorization": f"Bearer {prod}"})
+    assert bare.status == 200 and bare.json == r.json, bare.text
     r2 = api.call("GET", f"/apiops/projects/{project}/environments/production/keys/k/material")
     denied = failure(r2, 400)  # the project's own manage+deploy token reads no material
     assert "permission" in denied
@@ -343,9 +347,9 @@ def test_material_is_read_only_by_the_environment_while_deployed(live_server):
     records = [r for r in live_server.services.audit.find(action="apinizer.key.material")
                if f"/{project}/" in r["object"]]
     outcomes = sorted(r["outcome"] for r in records)
-    # read twice; refused to the project's token and another environment's; not deployed
+    # read three times; refused to the project's token and another environment's; not deployed
     # (sandbox before the redeploy, production after it, sandbox after the delete)
-    assert outcomes == ["denied"] * 2 + ["failure"] * 3 + ["success"] * 2, outcomes
+    assert outcomes == ["denied"] * 2 + ["failure"] * 3 + ["success"] * 3, outcomes
     assert all(b64(AES) not in json.dumps(r) for r in records)
 
 
