@@ -65,6 +65,10 @@ def message(exc: KeyfrontError) -> str:
         return f"Environment (name: {_name(exc)}) is not found!"
     if reason == "algorithm_required":
         return ALGORITHM_REQUIRED
+    if reason == "cap_reached":
+        return f"The project holds the most keys it may ({exc.params.get('limit')})!"
+    if reason == "busy":
+        return "The key is being changed concurrently! Try again."
     if isinstance(exc, InvalidInput) and exc.field and exc.field.startswith("content:"):
         env = exc.field.removeprefix("content:")
         return f"cryptoKeyInfoEnvironmentList (environmentName: {env}).content: {exc.message}"
