@@ -723,21 +723,3 @@ def test_a_key_copied_into_another_project_is_never_used_there(live_server):
     assert len(failures) >= 4
     assert owner.call("GET", owner.keys("k/")).status == 200
 
-
-def test_opening_private_keys_is_rate_limited(live_server):
-    """Each distinct private key given costs one of the token's generation rate (checked
-    before it is parsed): past it, 429 in the envelope with Retry-After."""
-    project = project_with_environments(live_server, *(f"e{i}" for i in range(16)))
-    api = Api(live_server, project)
-    rate = live_server.settings.generation_rate
-    answers = []
-    for i in range(rate // 16 + 1):
-        r = api.call("POST", api.keys(), {"name": f"k{i}", "keyType": "PRIVATE_KEY",
-                                          "cryptoKeyInfoEnvironmentList": [
-                                              {"environmentName": f"e{j}",
-                                               "content": b64(os.urandom(40))}
-                                              for j in range(16)]})
-        answers.append(r)
-    assert all(r.status == 400 for r in answers[:-1])  # garbage, refused after spending
-    failure(answers[-1], 429)
-    assert int(answers[-1].headers["retry-after"]) >= 1
