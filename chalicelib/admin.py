@@ -7,13 +7,22 @@ Events:
   {"action": "list-tokens"}                      -> {"ok": true, "tokens": [...]}
   {"action": "revoke-token", "token_id": "..."}  -> {"ok": true, "record": {...}}
   {"action": "health"}                           -> {"ok": bool, "checks": {...}}
+  {"action": "create-environment", "project": "...", "name": "production",
+   "type": "PRODUCTION"|"SANDBOX"|"TEST", "description"?, "access_url"?}
+                                                 -> {"ok": true, "environment": {...}}
+  {"action": "list-environments", "project": "..."} -> {"ok": true, "environments": [...]}
+  {"action": "delete-environment", "project": "...", "name": "..."} -> {"ok": true}
+  (environments of the Apinizer dialect's projects; an environment with keys deployed to it
+  is not deleted)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
 invocation (see `invoke`), so `aws lambda invoke` reports a FunctionError.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import uuid
 from typing import Any
 
@@ -22,6 +31,48 @@ from chalicelib.core.tokens import Scope
 from chalicelib.errors import InvalidInput, KeyfrontError
 
 ADMIN_PRINCIPAL = "admin-function"
+# environment names: what a path segment and the ring "<project>/<environment>" carry safely
+ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_TEXT = 1024
+
+
+def _text(event: dict[str, Any], field: str, *, required: bool = True) -> str | None:
+    value = event.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise InvalidInput(f"{field} must be a non-empty string of at most {MAX_TEXT} "
+                           "characters", field=field)
+    return value
+
+
+def _environments(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
+    """The environment events (create, list, delete) of the project-keys domain."""
+    from chalicelib.dialects.apinizer.models import ENVIRONMENT_TYPES
+    from chalicelib.dialects.apinizer.routes import project_keys
+
+    domain = svc.domain(project_keys)
+    project = str(_text(event, "project"))
+    if "/" in project:
+        raise InvalidInput("a project name holds no '/'", field="project")
+    if action == "list-environments":
+        return {"ok": True, "environments": [dataclasses.asdict(e)
+                                             for e in domain.all_environments(project)]}
+    name = str(_text(event, "name"))
+    if action == "delete-environment":
+        domain.delete_environment(project, name, principal=ADMIN_PRINCIPAL)
+        return {"ok": True}
+    if not ENVIRONMENT_NAME.fullmatch(name):
+        raise InvalidInput("an environment name is 1 to 64 letters, digits, '.', '_' or '-'",
+                           field="name")
+    env_type = event.get("type")
+    if env_type not in ENVIRONMENT_TYPES:
+        raise InvalidInput(f"type is one of {', '.join(ENVIRONMENT_TYPES)}", field="type")
+    env = domain.create_environment(
+        project, name, str(env_type), principal=ADMIN_PRINCIPAL,
+        description=_text(event, "description", required=False),
+        access_url=_text(event, "access_url", required=False))
+    return {"ok": True, "environment": dataclasses.asdict(env)}
 
 
 def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
@@ -52,7 +103,10 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
         if action == "health":
             checks = svc.health()
             return {"ok": all(v == "ok" for v in checks.values()), "checks": checks}
-        raise InvalidInput("action must be create-token, list-tokens, revoke-token or health",
+        if action in ("create-environment", "list-environments", "delete-environment"):
+            return _environments(event, svc, action)
+        raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
+                           "create-environment, list-environments or delete-environment",
                            field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}

@@ -117,8 +117,26 @@ def cmd_admin(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": False, "error": "invalid_input", "message": "not JSON"}))
         return 1
     result = _admin(event)
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
     print(json.dumps(result, sort_keys=True))
-    return 0 if result.get("ok") else 1
+    return 0
+
+
+def cmd_apinizer(args: argparse.Namespace) -> int:
+    """Apinizer project environments through the admin function's code."""
+    event: dict[str, Any] = {"action": f"{args.env_cmd}-environment"
+                             if args.env_cmd != "list" else "list-environments",
+                             "project": args.project}
+    if args.env_cmd in ("create", "delete"):
+        event["name"] = args.name
+    if args.env_cmd == "create":
+        event.update(type=args.type, description=args.description, access_url=args.access_url)
+    result = _admin(event)
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
+    print(json.dumps(result, sort_keys=True))
+    return 0
 
 
 def cmd_hsm_init(args: argparse.Namespace) -> int:
@@ -245,6 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run an admin event, as `aws lambda invoke` sends it.")
     a.add_argument("payload", help='the event as JSON, e.g. \'{"action":"health"}\'')
     a.set_defaults(func=cmd_admin)
+
+    ap = sub.add_parser("apinizer", help="Apinizer dialect: project environments",
+                        description="Environments of the Apinizer dialect's projects.")
+    apsub = ap.add_subparsers(dest="apinizer_cmd", required=True, metavar="WHAT")
+    env = apsub.add_parser("environment", help="create, list or delete a project's environments",
+                           description="A project's environments (keys deploy to them).")
+    esub = env.add_subparsers(dest="env_cmd", required=True, metavar="ACTION")
+    ec = esub.add_parser("create", help="create an environment",
+                         description="Create an environment of a project.")
+    ec.add_argument("--project", required=True, help="the project")
+    ec.add_argument("--name", required=True, help="the environment's name")
+    ec.add_argument("--type", required=True, help="PRODUCTION, SANDBOX or TEST")
+    ec.add_argument("--description", help="free text")
+    ec.add_argument("--access-url", dest="access_url", help="the environment's gateway URL")
+    el = esub.add_parser("list", help="list a project's environments",
+                         description="List a project's environments.")
+    el.add_argument("--project", required=True, help="the project")
+    ed = esub.add_parser("delete", help="delete an environment (none of its keys deployed)",
+                         description="Delete an environment no key is deployed to.")
+    ed.add_argument("--project", required=True, help="the project")
+    ed.add_argument("--name", required=True, help="the environment's name")
+    ap.set_defaults(func=cmd_apinizer)
 
     h = sub.add_parser("hsm", help="HSM set-up",
                        description="Set up the HSM token named by the settings.")

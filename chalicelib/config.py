@@ -83,6 +83,9 @@ class Settings:
     # each request is counted as CloudWatch EMF lines (default: when running in Lambda).
     log_level: str = "INFO"
     metrics: bool = False
+    # Lifetime of the short-lived tokens a token endpoint issues for a keyfront token (never
+    # beyond the lifetime of the token it was issued for).
+    access_token_seconds: int = 3600
 
     @property
     def audit_partitions(self) -> int:
@@ -138,6 +141,8 @@ class Settings:
             metrics=_env("KEYFRONT_METRICS",
                          "on" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "off")
             in ("on", "1", "true"),
+            access_token_seconds=_int("KEYFRONT_ACCESS_TOKEN_SECONDS",
+                                      d.access_token_seconds),
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
         )

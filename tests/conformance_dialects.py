@@ -483,5 +483,91 @@ MIAREC = Dialect(
 )
 
 
-DIALECTS: tuple[Dialect, ...] = (STOREDSAFE, AUTH0, MIAREC)
-"""Every dialect the conformance suite runs against (AI-VAULT, Apinizer: add here)."""
+# ---- Apinizer API Ops ------------------------------------------------------------------------
+
+_AP = "/apiops"
+_AP_FAILURE = {"status", "resultMessage", "error", "error_description"}
+
+
+def _ap_headers(token: str | None, ring: str) -> dict[str, str]:
+    """Apinizer takes a bearer personal token (the project is in the path)."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _ap_create(server: Server, ring: str, token: str) -> str:
+    """Create a secret key deployed nowhere (no environment needed); its name is its id."""
+    name = f"k-{secrets.token_hex(6)}"
+    r = server.client().request(
+        "POST", f"{_AP}/projects/{ring}/keys/",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        raw=json.dumps({"name": name, "keyType": "SECRET_KEY", "algorithm": "AES",
+                        "cryptoKeyInfoEnvironmentList": []}).encode())
+    assert r.status == 200, r.text
+    return name
+
+
+def _ap_error_status(resp: Resp) -> int | None:
+    """The status of a failure envelope (both generations' fields; OAuth errors too)."""
+    body = _json(resp)
+    if not (isinstance(body, dict) and set(body) == _AP_FAILURE
+            and body["status"] == "FAILURE" and isinstance(body["error"], str)
+            and isinstance(body["resultMessage"], str)
+            and body["resultMessage"] == body["error_description"]):
+        return None
+    return resp.status if resp.status >= 400 else None
+
+
+def _ap_error_text(resp: Resp) -> str:
+    body = _json(resp)
+    return " ".join(str(body.get(k, "")) for k in ("error", "resultMessage")) \
+        if isinstance(body, dict) else ""
+
+
+def _ap_success(resp: Resp) -> bool:
+    body = _json(resp)
+    return resp.status == 200 and isinstance(body, dict) and body.get("status") == "SUCCESS" \
+        and body.get("success") is True and isinstance(body.get("resultList"), list)
+
+
+APINIZER = Dialect(
+    name="apinizer",
+    kind="apinizer",
+    full_perms="read,manage,deploy,consume",
+    # consume is the environment tokens' permission: on a project ring it reads nothing
+    no_perms_scope=lambda ring: f"apinizer:{ring}:consume",
+    routes=(
+        Route("POST", _AP + "/projects/{ring}/keys/", "apinizer.key.create", "read,deploy",
+              {"name": "conformance-new", "keyType": "SECRET_KEY", "algorithm": "AES",
+               "cryptoKeyInfoEnvironmentList": []}, creates=True),
+        Route("GET", _AP + "/projects/{ring}/keys/", "apinizer.key.list", "consume",
+              lists=True),
+        Route("GET", _AP + "/projects/{ring}/keys/{id}/", "apinizer.key.read", "consume"),
+        Route("PUT", _AP + "/projects/{ring}/keys/{id}/?jwkUpdateAction=UPDATE",
+              "apinizer.key.update", "read,manage", {"description": "changed"}),
+        Route("GET", _AP + "/projects/{ring}/environments/", "apinizer.environment.list",
+              "consume"),
+        Route("GET", _AP + "/environments/{ring}", "apinizer.environment.list", "consume"),
+        Route("GET", _AP + "/environments/", "apinizer.environment.list", "consume"),
+        Route("POST", _AP + "/auth/token/", public=True, takes_body=True),
+        Route("DELETE", _AP + "/projects/{ring}/keys/{id}/?jwkDeleteAction=DELETE",
+              "apinizer.key.delete", "read,manage"),
+    ),
+    new_ring=lambda: f"p-{uuid.uuid4().hex[:12]}",
+    missing_id=lambda: f"k-{secrets.token_hex(6)}",
+    auth_headers=_ap_headers,
+    create=_ap_create,
+    # the name's claim: what a request addresses (a copied key record is covered by the
+    # dialect's own tests)
+    record=lambda ring, oid: (f"apz#{ring}#keys", f"name#{oid}"),
+    list_ids=lambda resp: [k["name"] for k in resp.json["resultList"]],
+    error_status=_ap_error_status,
+    error_text=_ap_error_text,
+    is_success=_ap_success,
+    always_json=True,
+    forbidden_status=400,
+    foreign_statuses=frozenset({400}),
+)
+
+
+DIALECTS: tuple[Dialect, ...] = (STOREDSAFE, AUTH0, MIAREC, APINIZER)
+"""Every dialect the conformance suite runs against (AI-VAULT: add here)."""

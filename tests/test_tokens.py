@@ -157,3 +157,40 @@ def test_a_creation_retried_after_a_lost_response_is_one_token(sqlite_store):
     raw, record = tokens.create("p", [Scope.parse("storedsafe:1:read")])
     assert tokens.authenticate(raw).token_id == record["token_id"]
     assert [t["token_id"] for t in tokens.list()] == [record["token_id"]]
+
+
+def test_expired_and_revoked_are_told_apart(store):
+    clock = Clock()
+    svc = TokenService(store, clock=clock)
+    raw, record = svc.create("alice", [Scope.parse("miarec:*:read")], 60)
+    svc.revoke(record["token_id"])
+    with pytest.raises(Unauthenticated) as exc:
+        svc.authenticate(raw)
+    assert exc.value.reason != "token_expired"
+    raw, _ = svc.create("alice", [Scope.parse("miarec:*:read")], 60)
+    clock.t += 61
+    with pytest.raises(Unauthenticated) as exc:
+        svc.authenticate(raw)
+    assert exc.value.reason == "token_expired"
+
+
+def test_derived_tokens_are_narrower_and_never_outlive_their_parent(store):
+    clock = Clock()
+    svc = TokenService(store, clock=clock)
+    raw, _ = svc.create("alice", [Scope.parse("apinizer:p1:read,manage"),
+                                  Scope.parse("storedsafe:*:read")], 600)
+    parent = svc.authenticate(raw)
+    same, record = svc.derive(parent, None, 3600)
+    assert record["expires_at"] == clock.t + 600  # clamped to the parent's expiry
+    assert svc.authenticate(same).scopes == parent.scopes and same != raw
+    narrow, record = svc.derive(parent, [Scope.parse("apinizer:p1:read"),
+                                         Scope.parse("storedsafe:179:read")], 60)
+    assert record["expires_at"] == clock.t + 60
+    p = svc.authenticate(narrow)
+    assert p.name == "alice" and p.can("storedsafe", "179", "read")
+    assert not p.can("apinizer", "p1", "manage") and not p.can("storedsafe", "180", "read")
+    for wider in ("apinizer:p1:deploy", "apinizer:p2:read", "apinizer:*:read",
+                  "miarec:p1:read"):
+        with pytest.raises(Forbidden) as exc:
+            svc.derive(parent, [Scope.parse(wider)], 60)
+        assert exc.value.reason == "scope_not_held"

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from chalicelib import logs
 from chalicelib.core.audit import AuditLog
-from chalicelib.core.kinds import KINDS, SIGNING, TENANT_KEYS, TRANSIT, RingKind
+from chalicelib.core.kinds import KINDS, PROJECT_KEYS, SIGNING, TENANT_KEYS, TRANSIT, RingKind
 from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
 from chalicelib.errors import Forbidden
 
-__all__ = ["KINDS", "SIGNING", "TENANT_KEYS", "TRANSIT", "Grant", "RingKind", "authorize",
-           "check", "held", "ring_of"]
+__all__ = ["KINDS", "PROJECT_KEYS", "SIGNING", "TENANT_KEYS", "TRANSIT", "Grant", "RingKind",
+           "authorize", "check", "held", "ring_of"]
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def _actions(kind: str, table: Mapping[str, tuple[str, ...]]) \
 TRANSIT = "storedsafe"
 SIGNING = "auth0"
 TENANT_KEYS = "miarec"
+PROJECT_KEYS = "apinizer"
 
 KINDS: dict[str, RingKind] = {
     # vault bits Read=1, Write=2, Admin=4, hierarchical
@@ -101,6 +102,20 @@ KINDS: dict[str, RingKind] = {
             "grant.create": ("grant",), "grant.list": ("read",), "grant.delete": ("grant",),
             # private-key use: also a grant on the key (or a ring-wide key), see tenant_keys
             "key.decrypt": ("read",), "key.export": ("manage",),
+        })),
+    # Apinizer: keys per project (ring = project), deployed to the project's environments.
+    # Any project permission reads metadata; manage writes; deploy is needed as well by a
+    # write that deploys or undeploys. An environment ring "<project>/<environment>" with
+    # consume reads the material deployed there, nothing else.
+    PROJECT_KEYS: RingKind(
+        name=PROJECT_KEYS, store_prefix="apz",
+        permissions=frozenset({"read", "manage", "deploy", "consume"}),
+        implies={"manage": frozenset({"read"}), "deploy": frozenset({"read"})},
+        needs=_actions(PROJECT_KEYS, {
+            "key.list": ("read",), "key.read": ("read",), "environment.list": ("read",),
+            "key.create": ("manage",), "key.create+deploy": ("manage", "deploy"),
+            "key.update": ("manage", "deploy"), "key.delete": ("manage", "deploy"),
+            "key.material": ("consume",),
         })),
 }
 

@@ -236,6 +236,15 @@ def _inspect_private(data: bytes, password: bytes | None, field: str,
     return key_spec, public  # type: ignore[return-value]
 
 
+def inspect_private_key(data: str | bytes, *, field: str = "key") -> KeySpec:
+    """The spec of a clear private key (PEM or DER, PKCS#8 or traditional), parsed only to
+    check it, for a domain that keeps the key sealed instead of importing it; InvalidInput
+    naming `field` if it is not one (an encrypted key included: no password is taken)."""
+    raw = _input_bytes(data, field, "the private key")
+    key_spec, _ = _inspect_private(raw, None, field, field)
+    return key_spec
+
+
 def _is_encrypted(load: Any, data: bytes) -> bool:
     try:
         load(data, None)

@@ -191,8 +191,11 @@ class TokenService:
             if item is None:
                 raise Unauthenticated("invalid token")
             self._cache.put(digest, item, read_after=mark)
-        if item.get("revoked_at") or int(item["expires_at"]) <= int(self._clock()):
-            raise Unauthenticated("token expired or revoked")
+        if item.get("revoked_at"):
+            raise Unauthenticated("token revoked", reason="token_revoked")
+        if int(item["expires_at"]) <= int(self._clock()):
+            # a reason of its own: some vendors tell an expired token from an invalid one
+            raise Unauthenticated("token expired", reason="token_expired")
         return Principal(
             token_id=item["token_id"],
             name=item["principal"],
@@ -200,6 +203,22 @@ class TokenService:
             expires_at=int(item["expires_at"]),
             raw_token=raw,
         )
+
+    def derive(self, parent: Principal, scopes: Iterable[Scope] | None,
+               ttl_seconds: int) -> tuple[str, dict[str, Any]]:
+        """A short-lived token for `parent`'s principal with its scopes, or the narrower
+        `scopes` asked (each within one of the parent's: same kind, its ring or any ring when
+        the parent's is "*", a subset of its permissions); it never outlives the parent.
+        Forbidden (scope_not_held) for a scope the parent does not hold."""
+        asked = parent.scopes if scopes is None else tuple(scopes)
+        for s in asked:
+            if not s.perms or not any(
+                    p.kind == s.kind and p.ring in (ALL_RINGS, s.ring) and s.perms <= p.perms
+                    for p in parent.scopes):
+                raise Forbidden("the token does not hold the scope asked",
+                                reason="scope_not_held")
+        left = parent.expires_at - int(self._clock())
+        return self.create(parent.name, asked, max(1, min(ttl_seconds, left)))
 
     def list(self) -> list[dict[str, Any]]:
         """Every token's public record (never the hash or the token)."""
