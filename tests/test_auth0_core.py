@@ -137,7 +137,7 @@ def test_expensive_generation_is_rate_limited_per_token(settings, hsm, store):
 
     slow = dataclasses.replace(settings, generation_rate=12)  # RSA-2048 pairs cost 4 each
     dom = domain(Services(slow, store, hsm, TokenService(store), AuditLog(store),
-                          GenerationRate(store, slow)))
+                          GenerationRate(store, slow, clock=lambda: 1_800_000_000.0)))
     caller = _caller(ALL)
     dom.signing_keys(grant(dom, caller, "t1", "signing_key.list"))  # two key pairs: 8
     dom.rotate_signing_key(grant(dom, caller, "t1", "signing_key.rotate"))  # the third: 12
