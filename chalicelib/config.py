@@ -18,6 +18,11 @@ def _int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
 
 
+def _triple(name: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    n, r, p = (int(v) for v in _env(name, ",".join(map(str, default))).split(","))
+    return n, r, p
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable; `from_env()` reads it, defaults are the local dev setup."""
@@ -52,6 +57,12 @@ class Settings:
     generation_window_seconds: int = 60
     # The ring an all-rings token works on where a dialect needs exactly one ring.
     default_ring: str = "default"
+    # AI-VAULT: master keys (and pre-shared keys) per domain, as the vendor's --maxMkNum
+    aivault_max_mk: int = 10
+    aivault_max_psk: int = 10
+    # scrypt's n, r, p for keys handed out under a password (OWASP's N=2^15, r=8, p=3); the
+    # test suite lowers it to keep its many creations cheap, the file records what was used
+    password_wrap_scrypt: tuple[int, int, int] = (2**15, 8, 3)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,4 +98,8 @@ class Settings:
             # KEYFRONT_AUTH0_DEFAULT_TENANT is the name earlier releases documented
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
+            aivault_max_mk=_int("KEYFRONT_AIVAULT_MAX_MK", d.aivault_max_mk),
+            aivault_max_psk=_int("KEYFRONT_AIVAULT_MAX_PSK", d.aivault_max_psk),
+            password_wrap_scrypt=_triple("KEYFRONT_PASSWORD_WRAP_SCRYPT",
+                                         d.password_wrap_scrypt),
         )

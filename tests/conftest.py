@@ -49,6 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # moto serialises every call behind one lock: under load a call can wait longer than
         # DynamoDB ever would, and a retried transaction is not idempotent there
         "KEYFRONT_DYNAMODB_READ_TIMEOUT": "60",
+        # keys handed out under a password: scrypt at its lowest accepted cost (a sixth of
+        # the default's), as the suite creates many; test_aivault_file checks the default
+        "KEYFRONT_PASSWORD_WRAP_SCRYPT": "16384,8,1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -55,6 +55,7 @@ def _actions(kind: str, table: Mapping[str, tuple[str, ...]]) \
 TRANSIT = "storedsafe"
 SIGNING = "auth0"
 TENANT_KEYS = "miarec"
+MASTER_KEYS = "aivault"
 
 KINDS: dict[str, RingKind] = {
     # vault bits Read=1, Write=2, Admin=4, hierarchical
@@ -101,6 +102,16 @@ KINDS: dict[str, RingKind] = {
             "grant.create": ("grant",), "grant.list": ("read",), "grant.delete": ("grant",),
             # private-key use: also a grant on the key (or a ring-wide key), see tenant_keys
             "key.decrypt": ("read",), "key.export": ("manage",),
+        })),
+    # AI-VAULT: master keys and their pre-shared keys per domain; read (query), manage
+    # (create, delete); neither implies the other
+    MASTER_KEYS: RingKind(
+        name=MASTER_KEYS, store_prefix="aivault",
+        permissions=frozenset({"read", "manage"}),
+        needs=_actions(MASTER_KEYS, {
+            "key.create": ("manage",), "key.list": ("read",), "key.delete": ("manage",),
+            "secret.create": ("manage",), "secret.list": ("read",),
+            "secret.delete": ("manage",),
         })),
 }
 
