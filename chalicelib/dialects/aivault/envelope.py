@@ -63,9 +63,9 @@ def render(exc: KeyfrontError, request: object, rid: str) -> Response:
     if isinstance(exc, BindingError | InternalError) or exc.status >= 500 \
             and not isinstance(exc, Unavailable):
         # a stored record or blob that is not what its place says: logged and audited,
-        # never described
-        return json_response(500, body(INTERNAL, f"internal error (request id {rid})"),
-                             {"X-Request-Id": rid})
+        # never described (the request id, for the logs, is in a header: domain ids are
+        # small numbers, which a hex id would seem to contain)
+        return json_response(500, body(INTERNAL, "internal error"), {"X-Request-Id": rid})
     if isinstance(exc, Unavailable):
         return json_response(503, body(UNKNOWN, "service unavailable"))
     if isinstance(exc, Unauthenticated):
