@@ -151,3 +151,39 @@ def test_open_mk_fails_with_one_line(made, tmp_path, monkeypatch, capsys):
         rc, said, err = _open(monkeypatch, capsys, path, out, password)
         assert rc == 1 and expected in err and err.count("\n") == 1, (path, err)
         assert not out.exists() and not said
+
+
+# ---- the pieces: the HSM's wrap-out and the text's bounds ------------------------------------
+
+def test_the_hsm_wraps_out_only_exportable_secret_keys_bound_to_their_context(hsm):
+    from chalicelib.errors import BindingError, Forbidden, InvalidInput
+
+    key = hsm.generate_aes(256, "wrap-test/1", exportable=True)
+    outer = os.urandom(32)
+    assert len(aes_key_unwrap_with_padding(outer, hsm.wrap_secret_under(key, "wrap-test/1",
+                                                                       outer))) == 32
+    with pytest.raises(BindingError):
+        hsm.wrap_secret_under(key, "wrap-test/2", outer)  # a blob used in another context
+    with pytest.raises(Forbidden):
+        hsm.wrap_secret_under(hsm.generate_aes(256, "wrap-test/3"), "wrap-test/3", outer)
+    with pytest.raises(InvalidInput):
+        hsm.wrap_secret_under(key, "wrap-test/1", b"short")
+    with pytest.raises(InvalidInput):
+        hsm.wrap_secret_under(hsm.generate_rsa(1024, "wrap-test/4"), "wrap-test/4", outer)
+
+
+def test_texts_out_of_bounds_are_refused_before_any_derivation(hsm):
+    from chalicelib.core.material import unwrap_under_password, wrap_under_password
+    from chalicelib.errors import InvalidInput
+
+    key = hsm.generate_aes(256, "wrap-test/5", exportable=True)
+    with pytest.raises(InvalidInput):  # below what a reader accepts
+        wrap_under_password(hsm, key, "wrap-test/5", PASSWORD, scrypt=(2**10, 8, 1))
+    good = "kf-kwp1$scrypt$n=16384,r=8,p=1$" + base64.b64encode(bytes(16)).decode() + "$" \
+        + base64.b64encode(bytes(40)).decode()
+    for bad in ("", "kf-kwp1", good.replace("kf-kwp1", "kf-kwp2"),
+                good.replace("n=16384", "n=16385"), good.replace("n=16384", "n=4194304"),
+                good.replace("r=8", "r=8,x=1"), good.replace("p=1", "p=one"),
+                good[:-4] + "!!!!", good + "$more", "x" * 5000, None):
+        with pytest.raises(InvalidInput):
+            unwrap_under_password(bad, PASSWORD)  # type: ignore[arg-type]
