@@ -276,6 +276,13 @@ def own_live_servers(label: str) -> tuple[Any, Any, Any]:
         srv = _start_server("dynamodb", tmp_path_factory.mktemp(f"{label}-ddb"), moto_endpoint)
         yield srv
         srv.stop()
+        # moto keeps every table in this worker's memory for the session, and every later
+        # transaction there deep-copies whole tables (and the garbage collector walks all
+        # of them): a module's own table goes with its server
+        from chalicelib.store.dynamodb_store import make_client
+
+        make_client("dynamodb", "us-east-1", moto_endpoint).delete_table(
+            TableName=srv.env["KEYFRONT_DYNAMODB_TABLE"])
 
     @pytest.fixture(params=["sqlite", "dynamodb"], name="live_server")
     def live(request) -> LiveServer:
