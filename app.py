@@ -6,6 +6,7 @@ from chalice import Chalice
 
 from chalicelib import admin, logs
 from chalicelib.dialects import service
+from chalicelib.dialects.aivault import bp as aivault_bp
 from chalicelib.dialects.apinizer import bp as apinizer_bp
 from chalicelib.dialects.auth0 import bp as auth0_bp
 from chalicelib.dialects.miarec import bp as miarec_bp
@@ -20,6 +21,7 @@ app.register_blueprint(auth0_bp)
 app.register_blueprint(storedsafe_bp)
 app.register_blueprint(miarec_bp)
 app.register_blueprint(apinizer_bp)
+app.register_blueprint(aivault_bp)
 
 
 @app.lambda_function(name="admin")

@@ -216,6 +216,59 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wrapped_text(path: str) -> str:
+    """The password-wrapped key in a file: createMK's MK.json ({"CipherMasterKey"}), a
+    createPSK answer ({"PSK"} or its envelope), or the bare text."""
+    with open(path, "rb") as f:
+        raw = f.read(64 * 1024)
+    text = raw.decode("utf-8").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc = doc["data"]
+    if isinstance(doc, dict):
+        for field in ("CipherMasterKey", "PSK"):
+            if isinstance(doc.get(field), str):
+                return str(doc[field])
+    raise ValueError("no CipherMasterKey or PSK in the file")
+
+
+def cmd_aivault_open(args: argparse.Namespace) -> int:
+    """Open an AI-VAULT master-key file (or a PSK) with its password; write the key."""
+    import base64
+    import getpass
+
+    from chalicelib.core.material import unwrap_under_password
+    from chalicelib.errors import IntegrityError, InvalidInput
+
+    if os.path.lexists(args.out):
+        return _fail(f"{args.out} exists; refusing to overwrite it")
+    try:
+        text = _wrapped_text(args.file)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return _fail(f"cannot read a wrapped key from {args.file}: {exc}")
+    password = getpass.getpass("Password: ")
+    try:
+        key = unwrap_under_password(text, password)
+    except IntegrityError:
+        return _fail("wrong password, or the file was altered")
+    except InvalidInput as exc:
+        return _fail(f"{args.file} is not a keyfront master-key file or PSK: {exc.message}")
+    out = {"raw": key, "hex": key.hex().encode() + b"\n",
+           "base64": base64.b64encode(key) + b"\n"}[args.encoding]
+    try:
+        # created here with mode 0600, never over an existing file (O_EXCL)
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        return _fail(f"cannot create {args.out}: {exc.strerror}")
+    with os.fdopen(fd, "wb") as f:
+        f.write(out)
+    print(f"wrote the {len(key) * 8}-bit key to {args.out} ({args.encoding})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     p = argparse.ArgumentParser(prog="keyfront", description=__doc__)
@@ -293,6 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
                     description="Create the KEK (KEYFRONT_KEK_VERSION) and the bind key on "
                                 "the token if they are absent.")
     h.set_defaults(func=cmd_hsm_init)
+
+    av = sub.add_parser("aivault", help="AI-VAULT master-key files",
+                        description="Open what the AI-VAULT dialect hands out.")
+    avsub = av.add_subparsers(dest="aivault_cmd", required=True, metavar="ACTION")
+    om = avsub.add_parser("open-mk", help="open a master-key file (MK.json) or a PSK with "
+                          "its password (prompted) and write the key",
+                          description="Open a master-key file or a PSK with its password "
+                                      "(prompted, never an argument) and write the key.")
+    om.add_argument("file", help="MK.json, a createPSK answer, or the bare wrapped text")
+    om.add_argument("--out", required=True, help="where to write the key (created 0600, "
+                    "never overwritten)")
+    om.add_argument("--encoding", choices=("raw", "hex", "base64"), default="raw",
+                    help="how the key is written (%(default)s)")
+    av.set_defaults(func=cmd_aivault_open)
+
 
     st = sub.add_parser("store", help="store set-up",
                         description="Set up the store named by KEYFRONT_STORE.")

@@ -22,6 +22,11 @@ def _capped(value: int, cap: int) -> int:
     return min(value, cap) if cap > 0 else value
 
 
+def _triple(name: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    n, r, p = (int(v) for v in _env(name, ",".join(map(str, default))).split(","))
+    return n, r, p
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable; `from_env()` reads it, defaults are the local dev setup."""
@@ -87,6 +92,13 @@ class Settings:
     # beyond the lifetime of the token it was issued for).
     access_token_seconds: int = 3600
 
+    # AI-VAULT: master keys (and pre-shared keys) per domain, as the vendor's --maxMkNum
+    aivault_max_mk: int = 10
+    aivault_max_psk: int = 10
+    # scrypt's n, r, p for keys handed out under a password (OWASP's N=2^15, r=8, p=3); the
+    # test suite lowers it to keep its many creations cheap, the file records what was used
+    password_wrap_scrypt: tuple[int, int, int] = (2**15, 8, 3)
+
     @property
     def audit_partitions(self) -> int:
         """Audit partitions per day, `audit_shards` resolved for the store in use."""
@@ -145,4 +157,8 @@ class Settings:
                                       d.access_token_seconds),
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
+            aivault_max_mk=_int("KEYFRONT_AIVAULT_MAX_MK", d.aivault_max_mk),
+            aivault_max_psk=_int("KEYFRONT_AIVAULT_MAX_PSK", d.aivault_max_psk),
+            password_wrap_scrypt=_triple("KEYFRONT_PASSWORD_WRAP_SCRYPT",
+                                         d.password_wrap_scrypt),
         )

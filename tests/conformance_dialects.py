@@ -15,6 +15,7 @@ names the ring in a header, like AI-VAULT's DomainID, puts it there).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import secrets
 import uuid
@@ -569,5 +570,91 @@ APINIZER = Dialect(
 )
 
 
-DIALECTS: tuple[Dialect, ...] = (STOREDSAFE, AUTH0, MIAREC, APINIZER)
-"""Every dialect the conformance suite runs against (AI-VAULT: add here)."""
+# ---- Huawei AI-VAULT -------------------------------------------------------------------------
+
+_AV = "/AIVAULT/v1"
+_AV_PASSWORD = "Conformance-Password-0123456789-abcdefghij"
+_AV_ENVELOPE = {"status", "msg", "data"}
+_av_domains = itertools.count(1)  # 1..500: a counter, so no two tests share a domain
+# the vendor's 8-digit codes as the HTTP statuses the suite reasons in
+_AV_STATUSES = {"00002000": 400, "31000021": 400, "31000002": 403, "31000011": 404,
+                "00003001": 404, "31000022": 429}
+
+
+def _av_headers(token: str | None, ring: str) -> dict[str, str]:
+    """Bearer token and the domain in the vendor's DomainID header."""
+    h = {"DomainID": ring}
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    return h
+
+
+def _av_create(server: Server, ring: str, token: str) -> str:
+    """Create a master key in the domain; its name (the id the API addresses it by)."""
+    name = f"conformance-{secrets.token_hex(6)}"
+    r = server.client().request(
+        "POST", f"{_AV}/createMK", headers={**_av_headers(token, ring),
+                                            "Content-Type": "application/json"},
+        raw=json.dumps({"MKName": name, "MKUsage": "conformance",
+                        "Password": _AV_PASSWORD}).encode())
+    assert r.status == 200 and "CipherMasterKey" in (r.json or {}), r.text
+    return name
+
+
+def _av_error_status(resp: Resp) -> int | None:
+    """The HTTP-like status of an AI-VAULT error envelope (business errors are HTTP 200 with
+    an 8-digit code; login 401; internal 500)."""
+    body = _json(resp)
+    if not (isinstance(body, dict) and set(body) == _AV_ENVELOPE
+            and isinstance(body["status"], str) and isinstance(body["msg"], str)):
+        return None
+    if body["status"] == "00000000":
+        return None
+    if resp.status != 200:
+        return resp.status
+    return _AV_STATUSES.get(body["status"], 409)
+
+
+def _av_success(resp: Resp) -> bool:
+    """status 00000000, or createMK's file {"Version", "CipherMasterKey"}."""
+    body = _json(resp)
+    return resp.status == 200 and isinstance(body, dict) and (
+        set(body) == {"Version", "CipherMasterKey"}
+        or set(body) == _AV_ENVELOPE and body["status"] == "00000000")
+
+
+AIVAULT = Dialect(
+    name="aivault",
+    kind="aivault",
+    full_perms="read,manage",
+    no_perms_scope=lambda ring: "storedsafe:1:read",
+    routes=(
+        Route("POST", _AV + "/createMK", "aivault.key.create", "read",
+              {"MKName": "conformance-new", "MKUsage": "conformance",
+               "Password": _AV_PASSWORD}, creates=True),
+        Route("GET", _AV + "/queryMK", "aivault.key.list", "manage", lists=True),
+        Route("POST", _AV + "/createPSK", "aivault.secret.create", "read",
+              {"PSKName": "conformance", "MKName": "conformance-none",
+               "Password": _AV_PASSWORD}),
+        Route("GET", _AV + "/queryPSK", "aivault.secret.list", "manage"),
+        Route("DELETE", _AV + "/deletePSK/conformance", "aivault.secret.delete", "read"),
+        Route("DELETE", _AV + "/deleteMK/{id}", "aivault.key.delete", "read"),
+        Route("GET", _AV + "/version", public=True),
+        Route("GET", _AV + "/health", public=True),
+        Route("GET", _AV + "/certStatus", public=True),
+    ),
+    new_ring=lambda: str(next(_av_domains)),
+    missing_id=lambda: f"missing-{secrets.token_hex(6)}",
+    auth_headers=_av_headers,
+    create=_av_create,
+    record=lambda ring, oid: (f"aivault#{ring}", f"key#{oid}"),
+    list_ids=lambda resp: [k["MKName"] for k in (resp.json["data"] or [])],
+    error_status=_av_error_status,
+    error_text=lambda resp: str((_json(resp) or {}).get("msg", "")),
+    is_success=_av_success,
+    always_json=True,
+)
+
+
+DIALECTS: tuple[Dialect, ...] = (STOREDSAFE, AUTH0, MIAREC, APINIZER, AIVAULT)
+"""Every dialect the conformance suite runs against."""

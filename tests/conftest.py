@@ -49,6 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # moto serialises every call behind one lock: under load a call can wait longer than
         # DynamoDB ever would, and a retried transaction is not idempotent there
         "KEYFRONT_DYNAMODB_READ_TIMEOUT": "60",
+        # keys handed out under a password: scrypt at its lowest accepted cost (a sixth of
+        # the default's), as the suite creates many; test_aivault_file checks the default
+        "KEYFRONT_PASSWORD_WRAP_SCRYPT": "16384,8,1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -279,6 +282,16 @@ def own_live_servers(label: str) -> tuple[Any, Any, Any]:
         srv = _start_server("dynamodb", tmp_path_factory.mktemp(f"{label}-ddb"), moto_endpoint)
         yield srv
         srv.stop()
+        # moto keeps every table in this worker's memory for the session, and every later
+        # transaction there deep-copies whole tables (and the garbage collector walks all
+        # of them): a module's own table goes with its server
+        from chalicelib.store.dynamodb_store import make_client
+
+        client = make_client("dynamodb", "us-east-1", moto_endpoint)
+        table = srv.env["KEYFRONT_DYNAMODB_TABLE"]
+        # the one table definition protects tables from deletion: lifted for a test table
+        client.update_table(TableName=table, DeletionProtectionEnabled=False)
+        client.delete_table(TableName=table)
 
     @pytest.fixture(params=["sqlite", "dynamodb"], name="live_server")
     def live(request) -> LiveServer:

@@ -56,6 +56,7 @@ TRANSIT = "storedsafe"
 SIGNING = "auth0"
 TENANT_KEYS = "miarec"
 PROJECT_KEYS = "apinizer"
+MASTER_KEYS = "aivault"
 
 KINDS: dict[str, RingKind] = {
     # vault bits Read=1, Write=2, Admin=4, hierarchical
@@ -116,6 +117,16 @@ KINDS: dict[str, RingKind] = {
             "key.create": ("manage",), "key.create+deploy": ("manage", "deploy"),
             "key.update": ("manage", "deploy"), "key.delete": ("manage", "deploy"),
             "key.material": ("consume",),
+        })),
+    # AI-VAULT: master keys and their pre-shared keys per domain; read (query), manage
+    # (create, delete); neither implies the other
+    MASTER_KEYS: RingKind(
+        name=MASTER_KEYS, store_prefix="aivault",
+        permissions=frozenset({"read", "manage"}),
+        needs=_actions(MASTER_KEYS, {
+            "key.create": ("manage",), "key.list": ("read",), "key.delete": ("manage",),
+            "secret.create": ("manage",), "secret.list": ("read",),
+            "secret.delete": ("manage",),
         })),
 }
 

@@ -23,10 +23,11 @@ def generation_cost(rsa_bits: int | None = None) -> int:
     return max(1, (rsa_bits or 0) // 1024) ** 2
 
 
-def cap(count: int, limit: int, what: str) -> None:
-    """LimitExceeded (reason cap_reached) if `count` more would pass `limit`."""
+def cap(count: int, limit: int, what: str, reason: str = "cap_reached") -> None:
+    """LimitExceeded (reason cap_reached, or `reason` where a ring has several caps) if
+    `count` more would pass `limit`."""
     if count >= limit:
-        raise LimitExceeded(f"at most {limit} {what}", reason="cap_reached", limit=limit)
+        raise LimitExceeded(f"at most {limit} {what}", reason=reason, limit=limit)
 
 
 class GenerationRate:

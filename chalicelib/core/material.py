@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
 from chalicelib.core.keyspecs import (
     SECRET_BYTES,
@@ -434,6 +435,13 @@ def export_under_password(hsm: Hsm, wrapped: WrappedKey, context: str,
     return _canonical({**header, "ct": _b64(ct)})
 
 
+def _kdf_within_bounds(n: int, r: int, p: int) -> bool:
+    """Are scrypt parameters read from a document within what we agree to spend?"""
+    return (_SCRYPT_N_RANGE[0] <= n <= _SCRYPT_N_RANGE[1] and n & (n - 1) == 0
+            and 1 <= r <= 16 and 1 <= p <= 4 and 128 * n * r <= _SCRYPT_MAX_MEMORY
+            and n * r * p <= _SCRYPT_MAX_WORK)
+
+
 def _int(value: object) -> int:
     if type(value) is not int:
         raise ValueError("not an integer")
@@ -469,9 +477,7 @@ def _parse_document(document: object, field: str) -> tuple[dict[str, Any], bytes
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
         # RecursionError: deeply nested JSON exhausts the parser's stack
         raise InvalidInput("the document is not a key export document", field=field) from None
-    if not (_SCRYPT_N_RANGE[0] <= n <= _SCRYPT_N_RANGE[1] and n & (n - 1) == 0
-            and 1 <= r <= 16 and 1 <= p <= 4 and 128 * n * r <= _SCRYPT_MAX_MEMORY
-            and n * r * p <= _SCRYPT_MAX_WORK):
+    if not _kdf_within_bounds(n, r, p):
         raise InvalidInput("the document's key derivation parameters are out of range",
                            field=field)
     if not 16 <= len(salt) <= 64 or len(nonce) != NONCE_BYTES or len(ct) < TAG_BYTES:
@@ -510,3 +516,81 @@ def import_under_password(hsm: Hsm, document: str | bytes, password: str | bytes
         raise InvalidInput("the document's content is not a key", field=field) from None
     return import_secret(hsm, raw, context, key_spec=key_spec, exportable=exportable,
                          field=field)
+
+
+# ---- a secret key wrapped under a password (RFC 5649) --------------------------------------
+#
+# For keys handed out once in a file: "kf-kwp1$scrypt$n=<N>,r=<r>,p=<p>$<salt>$<wrapped>",
+# salt and wrapped in standard padded base64. The password (NFC, UTF-8) and the salt give a
+# 256-bit key through scrypt; the HSM wraps the secret key under it with AES key wrap with
+# padding (RFC 5649), so any implementation of scrypt and RFC 5649 opens it. The wrap's own
+# integrity check tells a wrong password (or an edited string) from the key.
+
+WRAP_PREFIX = "kf-kwp1"
+# OWASP's scrypt choices include N=2^15, r=8, p=3 (as strong as N=2^17, r=8, p=1 at a quarter
+# of the memory: 32 MiB, which suits a small Lambda container)
+WRAP_SCRYPT_N, WRAP_SCRYPT_R, WRAP_SCRYPT_P = 2**15, 8, 3
+MAX_WRAPPED_TEXT = 1024
+
+
+def derive_password_key(password: bytes, salt: bytes, n: int = WRAP_SCRYPT_N,
+                        r: int = WRAP_SCRYPT_R, p: int = WRAP_SCRYPT_P) -> bytes:
+    """The 256-bit scrypt key of a password (the KDF alone, e.g. to time it)."""
+    return _password_key(password, salt, n, r, p)
+
+
+def wrap_under_password(hsm: Hsm, wrapped: WrappedKey, context: str, password: str | bytes,
+                        *, scrypt: tuple[int, int, int] = (WRAP_SCRYPT_N, WRAP_SCRYPT_R,
+                                                           WRAP_SCRYPT_P),
+                        password_field: str = "password") -> str:  # noqa: S107 - a name
+    """An exportable secret key, wrapped by the HSM under a key derived from `password`
+    (scrypt with `scrypt` = (n, r, p), within the bounds a reader accepts), as the text
+    described above. The password-derived key exists in this process and, as a session
+    object that can only wrap, in the HSM; the secret key is never in the clear outside the
+    HSM."""
+    n, r, p = scrypt
+    if not _kdf_within_bounds(n, r, p):
+        raise InvalidInput("the key derivation parameters are out of range", field="scrypt")
+    secret = _required_password(password, password_field)
+    salt = os.urandom(SALT_BYTES)
+    blob = hsm.wrap_secret_under(wrapped, context, _password_key(secret, salt, n, r, p))
+    params = f"n={n},r={r},p={p}"
+    return "$".join((WRAP_PREFIX, "scrypt", params, _b64(salt), _b64(blob)))
+
+
+def _parse_wrapped(text: object, field: str) -> tuple[tuple[int, int, int], bytes, bytes]:
+    """((n, r, p), salt, wrapped) of a wrapped-key text; InvalidInput if malformed or its
+    KDF parameters are out of bounds."""
+    problem = InvalidInput("not a password-wrapped key", field=field)
+    if not isinstance(text, str) or len(text) > MAX_WRAPPED_TEXT:
+        raise problem
+    parts = text.strip().split("$")
+    if len(parts) != 5 or parts[0] != WRAP_PREFIX or parts[1] != "scrypt":
+        raise problem
+    try:
+        params = dict(item.split("=", 1) for item in parts[2].split(","))
+        if set(params) != {"n", "r", "p"} or not all(v.isdigit() and len(v) <= 8
+                                                     for v in params.values()):
+            raise ValueError("bad parameters")
+        n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
+        salt, blob = _b64decode(parts[3]), _b64decode(parts[4])
+    except ValueError:
+        raise problem from None
+    if not _kdf_within_bounds(n, r, p):
+        raise InvalidInput("the key derivation parameters are out of range", field=field)
+    if not 16 <= len(salt) <= 64 or len(blob) < 16 or len(blob) % 8:
+        raise problem
+    return (n, r, p), salt, blob
+
+
+def unwrap_under_password(text: str, password: str | bytes, *, field: str = "file",
+                          password_field: str = "password") -> bytes:  # noqa: S107
+    """The key inside a `wrap_under_password` text, opened in software (for its owner's
+    tools). IntegrityError for a wrong password or an edited text; InvalidInput (naming
+    `field`) for a malformed one."""
+    secret = _required_password(password, password_field)
+    (n, r, p), salt, blob = _parse_wrapped(text, field)
+    try:
+        return aes_key_unwrap_with_padding(_password_key(secret, salt, n, r, p), blob)
+    except InvalidUnwrap:
+        raise IntegrityError("wrong password, or the key was altered") from None

@@ -714,6 +714,49 @@ class Hsm:
 
         return self._ts.run(op)
 
+    def wrap_secret_under(self, key: WrappedKey, context: str, wrapping_key: bytes) -> bytes:
+        """An exportable secret key wrapped by the HSM under a caller's AES key (RFC 5649,
+        CKM_AES_KEY_WRAP_PAD), for a file that any RFC 5649 implementation opens.
+
+        `wrapping_key` (16, 24 or 32 bytes, e.g. derived from a password) is imported as a
+        session object that can only wrap; the key is unwrapped from its blob into a
+        throw-away object that is extractable but stays sensitive (its value is never read
+        out in the clear); both are destroyed before returning. The keys this wraps are
+        multiples of 8 bytes, where SoftHSM's padding agrees with RFC 5649.
+        """
+        if key.kind not in ("aes", "secret"):
+            raise errors.InvalidInput("only secret keys can be exported")
+        if key.exportable is not True:
+            raise errors.Forbidden("this key is not exportable")
+        if key.size % 64:
+            raise errors.InvalidInput("only keys of a multiple of 8 bytes are wrapped out")
+        wrapping_key = _as_bytes(wrapping_key, "wrapping_key")
+        if len(wrapping_key) * 8 not in AES_BITS:
+            raise errors.InvalidInput("the wrapping key is 16, 24 or 32 bytes",
+                                      field="wrapping_key")
+        _require_context(context)
+
+        def op(state: SessionState) -> bytes:
+            self._verify(state, key, context, _key_message(key, context))
+            obj = self._unwrap(state, key, sensitive=True, extractable=True)
+            try:
+                outer = state.session.create_object({
+                    Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
+                    Attribute.VALUE: wrapping_key, Attribute.TOKEN: False,
+                    Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False, Attribute.WRAP: True,
+                    Attribute.UNWRAP: False, Attribute.ENCRYPT: False,
+                    Attribute.DECRYPT: False, Attribute.SIGN: False, Attribute.VERIFY: False,
+                    Attribute.DERIVE: False})
+                try:
+                    return bytes(outer.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+                finally:
+                    outer.destroy()
+            finally:
+                obj.destroy()
+
+        return self._ts.run(op)
+
     def decrypt_rsa_oaep(self, key: WrappedKey, context: str, ciphertext: bytes,
                          hash_name: str) -> bytes:
         """RSA-OAEP decryption in the HSM (MGF1 with the same hash, empty label).
@@ -927,7 +970,8 @@ class Hsm:
         state.cache.put(cache_key, obj)
         return obj
 
-    def _unwrap(self, state: SessionState, key: WrappedKey, *, sensitive: bool) -> Any:
+    def _unwrap(self, state: SessionState, key: WrappedKey, *, sensitive: bool,
+                extractable: bool | None = None) -> Any:
         if key.kind not in _KINDS:
             raise errors.BindingError(INTEGRITY_MESSAGE)
         object_class, key_type, _ = _KINDS[key.kind]
@@ -941,8 +985,9 @@ class Hsm:
             raise errors.Unavailable(f"KEK {key.kek_label} is not available") from exc
         return kek.unwrap_key(
             object_class, key_type, key.blob, mechanism=mechanism, store=False, capabilities=0,
-            template=_object_template(key.kind, extractable=not sensitive, sensitive=sensitive,
-                                      for_unwrap=True))
+            template=_object_template(
+                key.kind, extractable=not sensitive if extractable is None else extractable,
+                sensitive=sensitive, for_unwrap=True))
 
 
 def _cache_key(message: bytes, tag: bytes) -> bytes:
