@@ -247,9 +247,12 @@ def cmd_aivault_open(args: argparse.Namespace) -> int:
         return _fail(f"{args.out} exists; refusing to overwrite it")
     try:
         text = _wrapped_text(args.file)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return _fail(f"cannot read a wrapped key from {args.file}: {exc}")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        return _fail(f"cannot read a wrapped key from {args.file}: {reason}")
     password = getpass.getpass("Password: ")
+    if not password:
+        return _fail("a password is required")
     try:
         key = unwrap_under_password(text, password)
     except IntegrityError:

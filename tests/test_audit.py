@@ -101,12 +101,17 @@ def test_record_on_a_whole_second_and_its_log_line(store):
 
 
 def test_a_record_write_retried_after_a_lost_response_is_one_record(sqlite_store):
-    """A store client that retries a write whose response was lost writes the same record
-    again (records are written unconditionally at a unique place): one record, success."""
+    """A store client that retries a write whose response was lost finds its own record there
+    (alone: DynamoDB answers ConditionalCheckFailed) or writes the same records again (a
+    batch: unconditional puts at unique places): one record each, success."""
 
     class LostResponse:
         def __init__(self, store):
             self._store = store
+
+        def put_if_absent(self, item):
+            self._store.put_if_absent(item)  # written, then the response is lost: retried
+            return self._store.put_if_absent(item)
 
         def transact(self, ops):
             self._store.transact(ops)  # written, then the response is lost: retried
@@ -118,6 +123,10 @@ def test_a_record_write_retried_after_a_lost_response_is_one_record(sqlite_store
     audit = AuditLog(LostResponse(sqlite_store))  # type: ignore[arg-type]
     rec = audit.record(None, "test.retried", "obj", request_id="rid-lost")
     assert [r["sk"] for r in audit.find(action="test.retried")] == [rec["sk"]]
+    items = [audit.item(None, "test.batch", f"o{i}") for i in range(3)]
+    audit._batches._write(items)
+    assert sorted(r["sk"] for r in audit.find(action="test.batch")) == \
+        sorted(i["sk"] for i in items)
 
 
 class _Gated:
@@ -130,14 +139,20 @@ class _Gated:
         self.gate = threading.Event()
         self.fail = fail
 
-    def transact(self, ops):
-        self.calls.append(len(ops))
+    def _call(self, size, write):
+        self.calls.append(size)
         if len(self.calls) == 1:
             self.entered.set()
             assert self.gate.wait(10)
         if self.fail:
             raise Unavailable("store down")
-        return self._store.transact(ops)
+        return write()
+
+    def transact(self, ops):
+        return self._call(len(ops), lambda: self._store.transact(ops))
+
+    def put_if_absent(self, item):
+        return self._call(1, lambda: self._store.put_if_absent(item))
 
     def __getattr__(self, name):
         return getattr(self._store, name)

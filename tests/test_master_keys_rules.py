@@ -142,3 +142,35 @@ def test_the_generation_rate_is_31000022_system_busy(settings, hsm, sqlite_store
     refused = [a for a in dom._audit.find(action="aivault.key.create")
                if a["outcome"] == "failure"]
     assert [a["details"]["reason"] for a in refused] == ["rate_limited"]
+
+
+# ---- the password rules judge the form the key is derived from (NFC) ----------------------
+
+def test_decomposed_characters_do_not_pad_a_password_past_the_rules():
+    from chalicelib.dialects.aivault.models import CreateMK, parse
+    from chalicelib.errors import InvalidInput
+
+    body = {"MKName": "pw1", "MKUsage": "u"}
+    with pytest.raises(InvalidInput, match="Password"):  # 20 precomposed e-acute: too short
+        parse(CreateMK, {**body, "Password": "e\u0301" * 20})
+    with pytest.raises(InvalidInput, match="Password"):  # one class once composed
+        parse(CreateMK, {**body, "Password": "e\u0301" * 40})
+    ok = parse(CreateMK, {**body, "Password": "e\u0301" * 30 + "A1" * 6})
+    assert ok.Password == "\u00e9" * 30 + "A1" * 6  # the form the key is derived from
+
+
+def test_the_name_rule_compares_compatibility_forms():
+    from chalicelib.dialects.aivault.models import check_password
+    from chalicelib.errors import InvalidInput
+
+    name = "Kabcdefghijklmnopqrstuvwxyz0123456789abcdK"
+    for password in (name, name[::-1], name.replace("K", "\u212a"), name.upper()):
+        with pytest.raises(InvalidInput, match="key name"):
+            check_password(password, name)
+
+
+def test_an_out_of_range_wrap_cost_setting_fails_when_the_domain_is_built(settings, hsm, store):
+    bad = dataclasses.replace(settings, password_wrap_scrypt=(2**17, 8, 1))  # 128 MiB
+    with pytest.raises(ValueError, match="scrypt cost"):
+        master_keys(Services(bad, store, hsm, TokenService(store), AuditLog(store),
+                             GenerationRate(store, bad)))

@@ -163,6 +163,7 @@ class MasterKeys:
         self._max_keys = max_keys
         self._max_secrets = max_secrets
         self._scrypt = settings.password_wrap_scrypt
+        material.check_wrap_cost(*self._scrypt)  # a bad setting fails here, before any work
         self._clock = clock
 
     # ---- names ---------------------------------------------------------------------------

@@ -539,6 +539,15 @@ def derive_password_key(password: bytes, salt: bytes, n: int = WRAP_SCRYPT_N,
     return _password_key(password, salt, n, r, p)
 
 
+def check_wrap_cost(n: int, r: int, p: int) -> None:
+    """ValueError for a configured scrypt cost that readers would refuse: the service's
+    misconfiguration, never the client's bad input."""
+    if not _kdf_within_bounds(n, r, p):
+        raise ValueError(f"the configured password-wrap scrypt cost n={n}, r={r}, p={p} is "
+                         "out of range (n a power of two 2^14..2^17, r 1..16, p 1..4, at most "
+                         "64 MiB)")
+
+
 def wrap_under_password(hsm: Hsm, wrapped: WrappedKey, context: str, password: str | bytes,
                         *, scrypt: tuple[int, int, int] = (WRAP_SCRYPT_N, WRAP_SCRYPT_R,
                                                            WRAP_SCRYPT_P),
@@ -549,8 +558,7 @@ def wrap_under_password(hsm: Hsm, wrapped: WrappedKey, context: str, password: s
     object that can only wrap, in the HSM; the secret key is never in the clear outside the
     HSM."""
     n, r, p = scrypt
-    if not _kdf_within_bounds(n, r, p):
-        raise InvalidInput("the key derivation parameters are out of range", field="scrypt")
+    check_wrap_cost(n, r, p)
     secret = _required_password(password, password_field)
     salt = os.urandom(SALT_BYTES)
     blob = hsm.wrap_secret_under(wrapped, context, _password_key(secret, salt, n, r, p))

@@ -8,6 +8,7 @@ parameter (the envelope answers 00002000 with that message).
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
@@ -45,6 +46,9 @@ def _remarks(value: str) -> str:
 
 
 def _password(value: str) -> str:
+    # The key is derived from the NFC form (core/material.py): the rules judge that form, so
+    # decomposed characters cannot pad a short or one-class password past them.
+    value = unicodedata.normalize("NFC", value)
     low, high = PASSWORD_CHARS
     if not low <= len(value) <= high:
         raise ValueError(f"{low} to {high} characters")
@@ -153,7 +157,11 @@ def check_name(value: str, field: str) -> str:
 
 
 def check_password(password: str, name: str, field: str = "Password") -> None:
-    """The password may not be the key's name or the name reversed."""
-    if password in (name, name[::-1]):
+    """The password may not be the key's name or the name reversed (compared in NFKC and
+    without case: a compatibility character such as the Kelvin sign is its letter)."""
+    def fold(text: str) -> str:
+        return unicodedata.normalize("NFKC", text).casefold()
+
+    if fold(password) in (fold(name), fold(name)[::-1]):
         raise InvalidInput(f"{field}: must not be the key name or its reverse",
                            fields={field: "must not be the key name or its reverse"})
