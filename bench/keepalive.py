@@ -1,4 +1,4 @@
-"""Keep-alive latency of GET /health: `keyfront serve` (TCP_NODELAY) against `chalice local`
+"""Keep-alive latency of GET /health: `keyfront serve` (gunicorn) against `chalice local`
 as shipped, measured in the same run on 127.0.0.1 with one reused connection each.
 
 Run after scripts/setup.sh (both servers use the dev stage: the local token and store):
@@ -43,7 +43,7 @@ def main() -> None:
            "KEYFRONT_ACCESS_LOG": "0"}
     p_kf, p_ch = free_port(), free_port()
     servers = {
-        "keyfront serve (TCP_NODELAY)": (p_kf, subprocess.Popen(
+        "keyfront serve (gunicorn)": (p_kf, subprocess.Popen(
             [str(VENV / "keyfront"), "serve", "--port", str(p_kf)], cwd=ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)),
         "chalice local (as shipped)": (p_ch, subprocess.Popen(
