@@ -33,15 +33,15 @@ from typing import Any, TypeVar
 from chalicelib.config import Settings
 from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
-from chalicelib.core.audit import AuditLog, allow_details, object_name
+from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
+from chalicelib.core.rings import RingDomain
 from chalicelib.core.tenant_keys import new_key_id
 from chalicelib.errors import (
     Conflict,
     InvalidState,
-    MisplacedRecord,
     NotFound,
     StoreTransactionCancelled,
 )
@@ -148,7 +148,7 @@ def secret_not_found() -> NotFound:
 
 # ---- the domain ----------------------------------------------------------------------------
 
-class MasterKeys:
+class MasterKeys(RingDomain):
     """The domain over the process's store, HSM, audit and limits; one per container."""
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
@@ -167,18 +167,6 @@ class MasterKeys:
         self._clock = clock
 
     # ---- names ---------------------------------------------------------------------------
-
-    def action(self, verb: str) -> str:
-        """The access/audit action of a verb."""
-        return f"{self.kind.name}.{verb}"
-
-    def obj(self, ring: str, *parts: str) -> str:
-        """An audit object name under the ring ("keys", name / "secrets", name)."""
-        return object_name("/".join((self.kind.name, ring, *parts)))
-
-    def pk(self, ring: str) -> str:
-        """The ring's partition (head, keys, secrets)."""
-        return f"{self.kind.store_prefix}#{ring}"
 
     def context(self, ring: str, what: str, oid: str) -> str:
         """The HSM binding context of a wrapped key or secret: its ring and id."""
@@ -218,14 +206,6 @@ class MasterKeys:
 
     def _exists(self, ring: str, prefix: str, name: str) -> bool:
         return self._store.get(self.pk(ring), prefix + name) is not None
-
-    def _report(self, grant: Grant, obj: str) -> Callable[[MisplacedRecord], None]:
-        """Audit a misplaced item a list met, under `obj` and the item's sort key."""
-        def report(exc: MisplacedRecord) -> None:
-            where = exc.where[1] if exc.where else ""
-            self._audit.refused(grant.caller, grant.action, object_name(f"{obj}/{where}"),
-                                exc)
-        return report
 
     def _scan(self, ring: str, prefix: str) -> Iterator[dict[str, Any]]:
         return scan(self._store, self.pk(ring), prefix)

@@ -22,10 +22,11 @@ from typing import Any
 
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind, authorize, ring_of
-from chalicelib.core.audit import AuditLog, allow_details, object_name
+from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.connections import Connections
 from chalicelib.core.connections import not_found as connection_not_found
 from chalicelib.core.limits import GenerationRate, generation_cost
+from chalicelib.core.rings import RingDomain
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
 from chalicelib.core.tokens import Caller, Principal
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
@@ -62,7 +63,7 @@ def token_ring(principal: Principal, kind: str, default_ring: str) -> str:
     return ring
 
 
-class SigningRings:
+class SigningRings(RingDomain):
     """The domain over the process's store, HSM, audit and limits; one per container."""
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
@@ -83,14 +84,6 @@ class SigningRings:
     def default_ring(self) -> str:
         """The ring of all-rings tokens and of the un-prefixed public documents."""
         return self._default
-
-    def action(self, verb: str) -> str:
-        """The access/audit action of a verb."""
-        return f"{self.kind.name}.{verb}"
-
-    def obj(self, ring: str, *parts: str) -> str:
-        """An audit object name under the ring."""
-        return object_name("/".join((self.kind.name, ring, *parts)))
 
     def ring_ref(self, ring: str) -> RingRef:
         """The ring's own signing keys: every previous key stays until revoked."""

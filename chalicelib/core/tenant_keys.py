@@ -43,10 +43,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from chalicelib.config import Settings
 from chalicelib.core import keyspecs, material
 from chalicelib.core.access import Grant, RingKind
-from chalicelib.core.audit import AuditLog, allow_details, object_name
+from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
 from chalicelib.core.limits import GenerationRate, cap, generation_cost
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
+from chalicelib.core.rings import RingDomain
 from chalicelib.errors import (
     Conflict,
     Forbidden,
@@ -169,7 +170,7 @@ def check_granter(granted: bool) -> None:
 
 # ---- the domain ----------------------------------------------------------------------------
 
-class TenantKeys:
+class TenantKeys(RingDomain):
     """The domain over the process's store, HSM, audit and limits; one per container."""
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
@@ -187,17 +188,13 @@ class TenantKeys:
 
     # ---- names ---------------------------------------------------------------------------
 
-    def action(self, verb: str) -> str:
-        """The access/audit action of a verb."""
-        return f"{self.kind.name}.{verb}"
-
     def obj(self, ring: str, *parts: str) -> str:
-        """An audit object name under the ring."""
-        return object_name("/".join((self.kind.name, ring, "keys", *parts)))
+        """An audit object name under the ring's keys."""
+        return super().obj(ring, "keys", *parts)
 
     def pk(self, ring: str) -> str:
         """The ring's key partition (head and keys)."""
-        return f"{self.kind.store_prefix}#{ring}#keys"
+        return f"{super().pk(ring)}#keys"
 
     def grants_pk(self, ring: str, kid: str) -> str:
         """The partition of the users granted key `kid`."""
@@ -255,14 +252,6 @@ class TenantKeys:
         except MisplacedRecord as exc:
             self._audit.refused(grant.caller, grant.action, obj, exc)
             raise
-
-    def _report(self, grant: Grant, obj: str) -> Callable[[MisplacedRecord], None]:
-        """Audit a misplaced item a list met, under `obj` and the item's sort key."""
-        def report(exc: MisplacedRecord) -> None:
-            where = exc.where[1] if exc.where else ""
-            self._audit.refused(grant.caller, grant.action, object_name(f"{obj}/{where}"),
-                                exc)
-        return report
 
     def get(self, grant: Grant, kid: str) -> TenantKey:
         """One key of the grant's ring; NotFound if there is none."""

@@ -1,0 +1,37 @@
+"""What every domain over one ring kind names the same way: its actions, its audit objects,
+its partitions, and the audit of a misplaced record met by a list."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from chalicelib.core.access import Grant, RingKind
+from chalicelib.core.audit import AuditLog, object_name
+from chalicelib.errors import MisplacedRecord
+
+
+class RingDomain:
+    """Base of the domains of one ring kind (`kind`), auditing through `_audit`."""
+
+    kind: RingKind
+    _audit: AuditLog
+
+    def action(self, verb: str) -> str:
+        """The access/audit action of a verb ("key.create" -> "<kind>.key.create")."""
+        return f"{self.kind.name}.{verb}"
+
+    def obj(self, ring: str, *parts: str) -> str:
+        """An audit object name under the ring."""
+        return object_name("/".join((self.kind.name, ring, *parts)))
+
+    def pk(self, ring: str) -> str:
+        """The ring's partition."""
+        return f"{self.kind.store_prefix}#{ring}"
+
+    def _report(self, grant: Grant, obj: str) -> Callable[[MisplacedRecord], None]:
+        """Audit a misplaced item a list met, under `obj` and the item's sort key."""
+        def report(exc: MisplacedRecord) -> None:
+            where = exc.where[1] if exc.where else ""
+            self._audit.refused(grant.caller, grant.action, object_name(f"{obj}/{where}"),
+                                exc)
+        return report
