@@ -724,3 +724,30 @@ def test_a_key_copied_into_another_project_is_never_used_there(live_server):
     assert len(failures) >= 4
     assert owner.call("GET", owner.keys("k/")).status == 200
 
+
+
+def test_token_endpoint_issues_children_of_this_kind_that_die_with_their_parent(live_server):
+    """The endpoint issues apinizer scopes only; the token it issues is refused once its
+    parent is revoked through the admin function, derives no further, and the token list
+    shows its parent."""
+    project = project_with_environments(live_server)
+    personal = live_server.mint(f"apinizer:{project}:read", "storedsafe:*:read",
+                                principal="ci-client")
+    secret = f"grant_type=client_credentials&client_secret={personal}"
+    r = _token(live_server, f"{secret}&scope=storedsafe:1:read")
+    assert r.status == 400 and r.json["error"] == "invalid_scope", r.text
+    r = _token(live_server, secret)
+    assert r.status == 200 and r.json["scope"] == f"apinizer:{project}:read", r.text
+    child = Api(live_server, project, token=r.json["access_token"])
+    assert child.call("GET", child.keys()).status == 200
+    r = _token(live_server, f"grant_type=client_credentials&"
+                            f"client_secret={child.token}")
+    assert r.status == 400, r.text  # no grandchildren
+    parent_id = live_server.services.tokens.authenticate(personal).token_id
+    listed = admin.handle({"action": "list-tokens"}, live_server.services)["tokens"]
+    assert any(t.get("parent_token_id") == parent_id for t in listed)
+    assert admin.handle({"action": "revoke-token", "token_id": parent_id},
+                        live_server.services)["ok"]
+    # the server's cache holds the parent's record at most cache_seconds (1 s by default)
+    time.sleep(live_server.services.settings.cache_seconds + 0.2)
+    failure(child.call("GET", child.keys()), 401)

@@ -58,6 +58,7 @@ from chalicelib.core.tenant_keys import new_key_id
 from chalicelib.core.tokens import Caller, Scope, TokenService
 from chalicelib.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     InvalidState,
     MisplacedRecord,
@@ -618,9 +619,20 @@ class ProjectKeys:
 
     def issue_token(self, caller: Caller, scopes: Sequence[Scope] | None) \
             -> tuple[str, dict[str, Any]]:
-        """A short-lived token for the caller's token (its scopes, or narrower ones asked),
-        audited; Forbidden (scope_not_held) for a scope the caller's token does not hold."""
+        """A short-lived token for the caller's token, audited: the caller's scopes of this
+        ring kind, or narrower ones asked (of this kind only: this kind's token endpoint
+        hands out no other kind's access). Forbidden (scope_not_held) for a scope of another
+        kind or one the caller's token does not hold, or when it holds none of this kind.
+        Each issuance spends 1 of the root token's generation rate (GenerationRate): minting
+        is bounded by the same budget, and a derived token spends its root's."""
         with self._audit.operation(caller, "token.issue", "token") as op:
+            own = tuple(s for s in caller.principal.scopes if s.kind == self.kind.name)
+            if scopes is None:
+                scopes = own
+            if not scopes or any(s.kind != self.kind.name for s in scopes):
+                raise Forbidden(f"only {self.kind.name} scopes are issued here",
+                                reason="scope_not_held")
+            self._rate.spend(caller)
             raw, record = self._tokens.derive(caller.principal, scopes, self._token_seconds)
             op.note(count=len(record["scopes"]))
             op.obj = object_name(f"token/{record['token_id']}")
