@@ -519,55 +519,59 @@ class ProjectKeys:
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(ring, "keys", name)) as op:
             op.note(option=option, renamed=new_name is not None and new_name != name)
-            record, key = self._record(ring, name)
-            kid = key.id
-            kind = key_type or key.key_type
-            changes_kind = kind != key.key_type or \
-                (algorithm is not None and algorithm != key.algorithm)
-            algo = algorithm if algorithm is not None else \
-                (key.algorithm if kind == SECRET else None)
-            if changes_kind and kind == SECRET and algorithm is None:
-                raise InvalidInput("the algorithm is required for a secret key",
-                                   field="algorithm", reason="algorithm_required")
-            items = self._environment_items(ring)
-            entries = deployed(record["environments"], environments, set(items),
-                               needs_content=changes_kind)
-            self._spend(grant, kind, algo, entries)
-            found = _one_algorithm(kind, algo, entries,
-                                   algo if changes_kind else key.algorithm)
-            if new_name is not None and new_name != name \
-                    and claimed(self._store, pk, new_name) is not None:
-                raise Conflict(f"key {new_name} exists", reason="key_exists", name=new_name)
-            now = self._clock()
-            sealed = self._sealed(ring, kid, entries, record["environments"], now)
-            op.note(kid=kid, key_type=kind, algorithm=found, environments=len(entries))
+            spent: list[bool] = []
 
-            def attempt() -> ProjectKey:
-                stored, _ = self._record(ring, name)
-                if stored["id"] != kid:  # the name was moved to another key meanwhile
-                    raise key_not_found(name)
-                envs = self._environment_items(ring)
-                new = {k: v for k, v in stored.items() if k != "version"}
+            def attempt() -> tuple[ProjectKey, list[EnvironmentContent]]:
+                # Everything written is derived from this one read, and the write expects
+                # its version: a concurrent commit (an undeploy, say) makes the write fail
+                # and the whole computation run again on what that commit left, never
+                # overwritten by a computation made before it.
+                record, key = self._record(ring, name)
+                kid = key.id
+                kind = key_type or key.key_type
+                changes_kind = kind != key.key_type or \
+                    (algorithm is not None and algorithm != key.algorithm)
+                algo = algorithm if algorithm is not None else \
+                    (key.algorithm if kind == SECRET else None)
+                if changes_kind and kind == SECRET and algorithm is None:
+                    raise InvalidInput("the algorithm is required for a secret key",
+                                       field="algorithm", reason="algorithm_required")
+                items = self._environment_items(ring)
+                entries = deployed(record["environments"], environments, set(items),
+                                   needs_content=changes_kind)
+                if not spent:  # the request's work is counted once, not once per attempt
+                    self._spend(grant, kind, algo, entries)
+                    spent.append(True)
+                found = _one_algorithm(kind, algo, entries,
+                                       algo if changes_kind else key.algorithm)
+                if new_name is not None and new_name != name \
+                        and claimed(self._store, pk, new_name) is not None:
+                    raise Conflict(f"key {new_name} exists", reason="key_exists",
+                                   name=new_name)
+                now = self._clock()
+                sealed = self._sealed(ring, kid, entries, record["environments"], now)
+                op.note(kid=kid, key_type=kind, algorithm=found, environments=len(entries))
+                new = {k: v for k, v in record.items() if k != "version"}
                 new.update(key_type=kind, algorithm=found, environments=sealed,
                            updated_at=iso_millis(now))
                 if description is not None:
                     new["description"] = description
-                ops: list[Any] = [Update(new, int(stored["version"]))]
+                ops: list[Any] = [Update(new, int(record["version"]))]
                 target = name
                 if new_name is not None and new_name != name:
                     new["name"] = target = new_name
                     ops += rename(pk, name, new_name, kid)
                 try:
                     op.commit([*ops, *self._conditions(
-                        ring, [e.environment for e in entries], envs)],
+                        ring, [e.environment for e in entries], items)],
                         obj=self.obj(ring, "keys", target))
                 except StoreTransactionCancelled:
                     if target != name and claimed(self._store, pk, target) not in (None, kid):
                         raise Conflict(f"key {target} exists", reason="key_exists",
                                        name=target) from None
                     raise
-                return self._view(ring, kid, new)
-            updated = retry(attempt, self._attempts, what="the key")
+                return self._view(ring, kid, new), entries
+            updated, entries = retry(attempt, self._attempts, what="the key")
         return updated, Deployment(False, tuple(e.environment for e in entries))
 
     def delete(self, grant: Grant, name: str, *, option: str | None = None) -> Deployment:
