@@ -57,6 +57,51 @@ def test_an_update_computed_before_a_concurrent_undeploy_does_not_undo_it(settin
     assert len(calls) == 3  # A, B, A again
 
 
+def test_a_deployment_racing_an_environment_delete_is_not_left_for_its_successor(
+        settings, hsm, store, monkeypatch):
+    """A key is deployed to e1 while e1 is being deleted (after the delete's check for
+    keys, before its delete): the environment is gone and no key stays deployed to its name,
+    so a recreated e1 holds no deployment it never got."""
+    from chalicelib.core import project_keys as module
+    from chalicelib.errors import NotFound
+
+    dom, project, caller = _domain(settings, hsm, store)
+    create = check(caller, dom.kind, project, dom.action("key.create"), "deploy")
+    real = module.scan
+    armed = [True]
+    raced: list[BaseException] = []
+
+    def scan(st: Any, pk: str, prefix: str = "", **kw: Any) -> Any:
+        yield from real(st, pk, prefix, **kw)
+        if armed and pk == dom.pk(project) and prefix == module.KEY_PREFIX:
+            armed.clear()  # the delete has looked for keys, found none: deploy one now
+            try:
+                dom.create(create, name="k", description=None, key_type="secret",
+                           algorithm="aes",
+                           environments=[EnvironmentContent("e1", None, os.urandom(16))])
+            except NotFound as exc:
+                raced.append(exc)
+
+    monkeypatch.setattr(module, "scan", scan)
+    try:
+        dom.delete_environment(project, "e1", principal="test")
+        deleted = True
+    except Exception:  # noqa: BLE001 - refusing the delete (in use) is as good
+        deleted = False
+    monkeypatch.setattr(module, "scan", real)
+    assert not armed
+    keys = dom.list(check(caller, dom.kind, project, dom.action("key.list")))
+    deployed_e1 = [k.name for k in keys if any(e.environment == "e1" for e in k.environments)]
+    if deleted:
+        assert deployed_e1 == [] and raced
+        dom.create_environment(project, "e1", "TEST", principal="test")
+        keys = dom.list(check(caller, dom.kind, project, dom.action("key.list")))
+        assert not any(e.environment == "e1" for k in keys for e in k.environments)
+    else:
+        assert deployed_e1 == ["k"]
+        assert "e1" in [e.name for e in dom.all_environments(project)]
+
+
 @pytest.fixture(autouse=True)
 def _no_rate(monkeypatch):
     """These tests are about ordering, not the rate."""

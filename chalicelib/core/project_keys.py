@@ -16,12 +16,14 @@ Store layout (prefix = the ring kind's store prefix):
                                                algorithm, environments [{name, alias, sealed,
                                                deployed_at}], times
   pk "{p}#{ring}#envs"   sk "env#<name>"       one environment: ring, id, name, description,
-                                               type, access_url, created_at
+                                               type, access_url, created_at,
+                                               deleting (set while being deleted)
 
 Names are unique per ring by their claim (records.claim / rename), written in the same
 transaction as the key, the head and the audit record; a rename moves the claim in that
 transaction, so of two concurrent renames to one name exactly one wins. A deployment writes a
-condition on every environment it names (it still exists as read). Key ids are UUID version 7.
+condition on every environment it names (it still exists as read, not being deleted). Key
+ids are UUID version 7.
 
 The rules (`algorithm_of`, `deployed`) are pure functions; `ProjectKeys` adds the HSM and the
 store.
@@ -63,6 +65,7 @@ from chalicelib.errors import (
     InvalidState,
     MisplacedRecord,
     NotFound,
+    StoreConditionFailed,
     StoreTransactionCancelled,
 )
 from chalicelib.hsm import Hsm
@@ -355,10 +358,13 @@ class ProjectKeys:
                 from exc
 
     def _environment_items(self, ring: str) -> dict[str, dict[str, Any]]:
-        """The ring's environment items by name (each one checked)."""
+        """The ring's environment items by name (each one checked) that a key may be
+        deployed to: not one being deleted (see delete_environment)."""
         out = {}
         for item in scan(self._store, self.envs_pk(ring), ENV_PREFIX):
-            out[self._environment(ring, item).name] = item
+            env = self._environment(ring, item)
+            if not item.get("deleting"):
+                out[env.name] = item
         return out
 
     def environments(self, grant: Grant) -> list[Environment]:
@@ -397,8 +403,14 @@ class ProjectKeys:
     def delete_environment(self, ring: str, name: str, *, principal: str) -> None:
         """Remove an environment no key is deployed to (the operator's work, audited);
         NotFound if there is none, InvalidState (environment_in_use) while keys are deployed
-        there. (A key deployed between the check and the delete keeps the name, and no
-        environment token reads its material: reads need the environment to exist.)"""
+        there.
+
+        The environment is marked `deleting` first (a version bump): a deployment that read
+        it before fails its condition on it, and one reading it after finds no such
+        environment. So the scan that follows sees every deployment there is, and none can
+        begin before the delete (conditional on the marked version): no deployment is left
+        dangling for a recreated environment of the same name to reactivate. An environment
+        in use is unmarked again."""
         with self._audit.operation(None, self.action("environment.delete"),
                                    self.obj(ring, "environments", name),
                                    principal=principal) as op:
@@ -406,13 +418,30 @@ class ProjectKeys:
             if item is None:
                 raise NotFound(f"environment {name} not found",
                                reason="environment_not_found", name=name)
+            fields = {k: v for k, v in item.items() if k != "version"}
+            try:
+                marked = item if item.get("deleting") else \
+                    self._store.update_if_version({**fields, "deleting": True},
+                                                  int(item["version"]))
+            except StoreConditionFailed:
+                raise Conflict(f"environment {name} is being changed concurrently; retry",
+                               reason="busy") from None
             users = [k["name"] for k in scan(self._store, self.pk(ring), KEY_PREFIX)
                      if any(e.get("name") == name for e in k.get("environments") or ())]
             if users:
                 op.note(count=len(users))
+                try:
+                    self._store.update_if_version({**fields, "deleting": None},
+                                                  int(marked["version"]))
+                except StoreConditionFailed:
+                    pass  # another delete holds it now: that one settles the mark
                 raise InvalidState(f"keys are deployed to environment {name}",
                                    reason="environment_in_use", name=name)
-            op.commit([Delete(item["pk"], item["sk"], int(item["version"]))])
+            try:
+                op.commit([Delete(item["pk"], item["sk"], int(marked["version"]))])
+            except StoreTransactionCancelled:
+                raise Conflict(f"environment {name} is being changed concurrently; retry",
+                               reason="busy") from None
 
     # ---- changing ------------------------------------------------------------------------
 
