@@ -613,6 +613,10 @@ def test_environments_in_every_path_form(live_server):
     audit = [r["action"] for r in svc.audit.find() if f"apinizer/{project}/env" in r["object"]]
     assert audit.count("apinizer.environment.create") >= 2
     assert "apinizer.environment.delete" in audit
+    # the refused delete (in use) and the refused creates are the admin function's too
+    refused = [r for r in svc.audit.find() if f"apinizer/{project}/env" in r["object"]
+               and r["outcome"] != "success"]
+    assert refused and {r["principal"] for r in refused} == {admin.ADMIN_PRINCIPAL}, refused
 
 
 def test_cli_creates_environments(_apinizer_sqlite):

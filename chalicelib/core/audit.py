@@ -244,10 +244,12 @@ class AuditLog:
             log.info(json.dumps({"audit": {k: item[k] for k in _LOGGED}}))
 
     def refused(self, caller: Caller | None, action: str, obj: str, exc: BaseException,
-                details: dict[str, Any] | None = None) -> None:
+                details: dict[str, Any] | None = None, *,
+                principal: str | None = None) -> None:
         """Record a refusal or failure: "denied" for a permission refusal, "failure"
         otherwise, with reason = the neutral error code (internal_error for anything
-        unexpected). A misplaced record is also logged as an error. If the record cannot be
+        unexpected), under `principal` where the service itself did the work (as `record`).
+        A misplaced record is also logged as an error. If the record cannot be
         written with its details it is written without; if not at all, that is logged and
         the original error is the one reported."""
         mark_audited(exc)
@@ -260,7 +262,8 @@ class AuditLog:
                                   "problem": exc.detail}))
         for extra in (details or {}, {}):
             try:
-                self.record(caller, action, obj, outcome, **extra, reason=reason)
+                self.record(caller, action, obj, outcome, principal=principal, **extra,
+                            reason=reason)
                 return
             except Exception:  # noqa: BLE001 - retried without details, then logged
                 log.warning("audit record of %s not written%s", action,
@@ -279,7 +282,7 @@ class AuditLog:
             yield op
         except BaseException as exc:
             if not op.committed and isinstance(exc, Exception):
-                self.refused(caller, action, obj, exc, op.details)
+                self.refused(caller, action, obj, exc, op.details, principal=principal)
             raise
         if not op.committed:
             self.record(caller, action, op.obj, "success", principal=principal, **op.details)
