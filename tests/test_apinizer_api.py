@@ -351,6 +351,9 @@ def test_material_is_read_only_by_the_environment_while_deployed(live_server):
     # (sandbox before the redeploy, production after it, sandbox after the delete)
     assert outcomes == ["denied"] * 2 + ["failure"] * 3 + ["success"] * 3, outcomes
     assert all(b64(AES) not in json.dumps(r) for r in records)
+    # granted or refused, a read is one object: the key in that environment
+    assert {r["object"] for r in records} <= {
+        f"apinizer/{project}/environments/{e}/keys/k" for e in ("production", "sandbox")}
 
 
 def test_update_keeps_what_is_not_given(live_server):

@@ -266,6 +266,10 @@ class ProjectKeys:
         """An audit object name under the ring."""
         return object_name("/".join((self.kind.name, ring, *parts)))
 
+    def material_obj(self, ring: str, environment: str, name: str) -> str:
+        """The audit object of a material read, granted or refused."""
+        return self.obj(ring, "environments", environment, "keys", name)
+
     def pk(self, ring: str) -> str:
         """The ring's key partition (head, name claims, keys)."""
         return f"{self.kind.store_prefix}#{ring}#keys"
@@ -634,8 +638,7 @@ class ProjectKeys:
         if grant.ring != self.environment_ring(ring, environment):
             raise AssertionError("a grant for another environment")
         with self._audit.operation(grant.caller, grant.action,
-                                   self.obj(ring, "environments", environment, "keys",
-                                            name)) as op:
+                                   self.material_obj(ring, environment, name)) as op:
             op.note(environment=environment)
             record, key = self._record(ring, name)
             op.note(kid=key.id)

@@ -97,14 +97,16 @@ def _segment(value: str, what: str) -> str:
 
 
 def _grant(verb: str, ring: str, *parts: str, variant: str | None = None,
-           principal: Principal | None = None) -> tuple[Grant, ProjectKeys]:
+           principal: Principal | None = None, obj: str | None = None) \
+        -> tuple[Grant, ProjectKeys]:
     """Authenticate (unless `principal` is given) and authorize `verb` on the ring
-    (refusals audited); the grant is remembered so later refusals are audited under it."""
+    (refusals audited under `obj`, by default the ring's `parts`); the grant is remembered
+    so later refusals are audited under it."""
     principal = principal or _principal()
     domain = _domain()
     caller = Caller(principal, request_id(bp.current_request))
     grant = authorize(get_services().audit, caller, KIND, ring, domain.action(verb),
-                      domain.obj(ring, *parts), variant)
+                      obj or domain.obj(ring, *parts), variant)
     return remember_grant(bp.current_request, grant), domain
 
 
@@ -269,7 +271,10 @@ def read_material(project: str, environment: str, name: str) -> Response:
     project, environment = _segment(project, "project"), _segment(environment, "environment")
     domain = _domain()
     ring = domain.environment_ring(project, environment)
-    grant, domain = _grant("key.material", ring, "keys", name, principal=principal)
+    # a refusal is audited under the object a read is (the environment's ring is not a
+    # project of its own)
+    grant, domain = _grant("key.material", ring, principal=principal,
+                           obj=domain.material_obj(project, environment, name))
     name = _segment(name, "key")
     key, data = domain.material(grant, project, environment, name)
     alias = next((e.alias for e in key.environments if e.environment == environment), None)
