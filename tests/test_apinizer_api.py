@@ -557,10 +557,17 @@ def test_authentication_and_permission_answers(live_server):
 
 
 def test_writes_are_audited_without_material(live_server):
-    project = project_with_environments(live_server, "production")
+    project = project_with_environments(live_server, "production", "test")
     api = Api(live_server, project, principal=f"auditor-{uuid.uuid4().hex[:6]}")
-    api.create("k")
-    assert api.call("PUT", api.keys("k/?jwkUpdateAction=NULLIFY"), {"name": "k2"}).status == 200
+    api.create("k", cryptoKeyInfoEnvironmentList=[
+        {"environmentName": e, "content": b64(AES)} for e in ("production", "test")])
+    r = api.call("PUT", api.keys("k/?jwkUpdateAction=NULLIFY"), {
+        "name": "k2", "cryptoKeyInfoEnvironmentList": [{"environmentName": "production"}]})
+    assert r.status == 200, r.text
+    # the environment the update took the key away from is reported too
+    assert r.json["deploymentResult"]["environmentResults"] == [
+        {"environmentName": "production", "success": True, "message": "Deployed successfully"},
+        {"environmentName": "test", "success": True, "message": "Undeployed successfully"}]
     assert api.call("DELETE", api.keys("k2/")).status == 200
     records = [r for r in live_server.services.audit.find()
                if r["principal"] == api.principal]
@@ -571,6 +578,11 @@ def test_writes_are_audited_without_material(live_server):
     assert records[1]["object"] == f"apinizer/{project}/keys/k2"
     assert records[1]["details"]["renamed"] is True
     assert records[1]["details"]["option"] == "NULLIFY"
+    assert records[0]["details"]["deployed"] == ["production", "test"]
+    assert records[1]["details"]["old_name"] == "k"
+    assert records[1]["details"]["deployed"] == ["production"]
+    assert records[1]["details"]["undeployed"] == ["test"]
+    assert records[2]["details"]["undeployed"] == ["production"]
     assert b64(AES) not in json.dumps(records)
 
 

@@ -27,6 +27,7 @@ SAFE_DETAIL_KEYS: set[str] = {
     "bits", "reason", "count", "name", "ring_kind",
 }
 MAX_DETAIL_TEXT = 256  # longest string detail kept: a bad value never costs the record
+MAX_DETAIL_ITEMS = 16  # longest list of strings kept (names a change reached, say)
 MAX_OBJECT_CHARS = 512  # audit object names carry client-chosen ids
 
 
@@ -36,17 +37,25 @@ def allow_details(*keys: str) -> None:
 
 
 def _safe_details(details: dict[str, Any]) -> dict[str, Any]:
-    """The allowed details the store can hold: out-of-range integers, long strings and other
-    types are dropped."""
+    """The allowed details the store can hold: out-of-range integers, long strings, long
+    lists and other types are dropped."""
     out: dict[str, Any] = {}
     for k, v in details.items():
         if k not in SAFE_DETAIL_KEYS:
             continue
         if v is None or isinstance(v, bool) \
                 or (isinstance(v, int) and -(10**38) < v < 10**38) \
-                or (isinstance(v, str) and len(v) <= MAX_DETAIL_TEXT and _utf8(v)):
+                or _text(v):
             out[k] = v
+        elif isinstance(v, (list, tuple)) and len(v) <= MAX_DETAIL_ITEMS \
+                and all(_text(x) for x in v):
+            out[k] = list(v)
     return out
+
+
+def _text(v: Any) -> bool:
+    """A string detail the store can hold."""
+    return isinstance(v, str) and len(v) <= MAX_DETAIL_TEXT and _utf8(v)
 
 
 def _utf8(text: str) -> bool:

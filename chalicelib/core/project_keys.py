@@ -82,7 +82,8 @@ MAX_CONTENT_BYTES = 16 * 1024  # an RSA-4096 PKCS#8 PEM is about 3.3 KB
 KEY_PREFIX = "key#"
 ENV_PREFIX = "env#"
 
-allow_details("environments", "undeployed", "renamed", "key_type", "environment", "option")
+allow_details("environments", "deployed", "undeployed", "renamed", "old_name", "key_type",
+              "environment", "option")
 
 
 def key_not_found(name: str) -> NotFound:
@@ -138,10 +139,12 @@ class EnvironmentContent:
 
 @dataclass(frozen=True)
 class Deployment:
-    """What a write did to each environment: deployed (or undeployed) there, in order."""
+    """What a write did to each environment: deployed (or, for a delete, undeployed) there,
+    in order; `undeployed`: the environments an update took the key away from."""
 
     undeploy: bool
     environments: tuple[str, ...]
+    undeployed: tuple[str, ...] = ()
 
 
 # ---- the rules, as pure functions --------------------------------------------------------------
@@ -517,7 +520,7 @@ class ProjectKeys:
                       "environments": self._sealed(ring, kid, entries, (), now),
                       "created_by": grant.caller.principal.name,
                       "created_at": stamp, "updated_at": stamp}
-            op.note(kid=kid)
+            op.note(kid=kid, deployed=[e.environment for e in entries])
 
             def attempt() -> None:
                 head = read_head(self._store, pk)
@@ -554,7 +557,7 @@ class ProjectKeys:
             op.note(option=option, renamed=new_name is not None and new_name != name)
             spent: list[bool] = []
 
-            def attempt() -> tuple[ProjectKey, list[EnvironmentContent]]:
+            def attempt() -> tuple[ProjectKey, Deployment]:
                 # Everything written is derived from this one read, and the write expects
                 # its version: a concurrent commit (an undeploy, say) makes the write fail
                 # and the whole computation run again on what that commit left, never
@@ -583,7 +586,11 @@ class ProjectKeys:
                                    name=new_name)
                 now = self._clock()
                 sealed = self._sealed(ring, kid, entries, record["environments"], now)
-                op.note(kid=kid, key_type=kind, algorithm=found, environments=len(entries))
+                names = [e.environment for e in entries]
+                gone = [str(e["name"]) for e in record["environments"]
+                        if e["name"] not in names]
+                op.note(kid=kid, key_type=kind, algorithm=found, environments=len(entries),
+                        deployed=names, undeployed=gone)
                 new = {k: v for k, v in record.items() if k != "version"}
                 new.update(key_type=kind, algorithm=found, environments=sealed,
                            updated_at=iso_millis(now))
@@ -594,6 +601,7 @@ class ProjectKeys:
                 if new_name is not None and new_name != name:
                     new["name"] = target = new_name
                     ops += rename(pk, name, new_name, kid)
+                    op.note(old_name=name)
                 try:
                     op.commit([*ops, *self._conditions(
                         ring, [e.environment for e in entries], items)],
@@ -603,9 +611,9 @@ class ProjectKeys:
                         raise Conflict(f"key {target} exists", reason="key_exists",
                                        name=target) from None
                     raise
-                return self._view(ring, kid, new), entries
-            updated, entries = retry(attempt, self._attempts, what="the key")
-        return updated, Deployment(False, tuple(e.environment for e in entries))
+                return self._view(ring, kid, new), Deployment(False, tuple(names),
+                                                              tuple(gone))
+            return retry(attempt, self._attempts, what="the key")
 
     def delete(self, grant: Grant, name: str, *, option: str | None = None) -> Deployment:
         """Undeploy a key from every environment and delete it, its claim released and the
@@ -619,7 +627,7 @@ class ProjectKeys:
             def attempt() -> Deployment:
                 record, key = self._record(ring, name)
                 head = read_head(self._store, pk)
-                op.note(kid=key.id, undeployed=len(key.environments))
+                op.note(kid=key.id, undeployed=[e.environment for e in key.environments])
                 count = max(0, int(head.state.get("count", 0)) - 1)
                 op.commit([head.replaced({**head.state, "count": count}),
                            release(pk, name),

@@ -129,12 +129,14 @@ def _key(key: ProjectKey) -> dict[str, Any]:
 
 def _deployment(done: Deployment) -> dict[str, Any]:
     """deploymentResult: every environment the write reached (all of them, or the write
-    failed as a whole and the answer is an error)."""
+    failed as a whole and the answer is an error), those an update undeployed included."""
     verb = "Undeploy" if done.undeploy else "Deploy"
     return {"success": True, "message": f"{verb}ment completed successfully",
             "environmentResults": [{"environmentName": e, "success": True,
                                     "message": f"{verb}ed successfully"}
-                                   for e in done.environments]}
+                                   for e in done.environments] + [
+                {"environmentName": e, "success": True, "message": "Undeployed successfully"}
+                for e in done.undeployed]}
 
 
 def _environment(env: Environment) -> dict[str, Any]:
