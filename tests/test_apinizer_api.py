@@ -770,3 +770,21 @@ def test_token_endpoint_issues_children_of_this_kind_that_die_with_their_parent(
     # the server's cache holds the parent's record at most cache_seconds (1 s by default)
     time.sleep(live_server.services.settings.cache_seconds + 0.2)
     failure(child.call("GET", child.keys()), 401)
+
+
+def test_algorithms_that_do_not_fit_the_key_type_are_refused_without_material(live_server):
+    """Checked on every write, material or none: AES on a private key, EC on a secret key."""
+    project = project_with_environments(live_server)
+    api = Api(live_server, project)
+    api.create("pair", keyType="PRIVATE_KEY", cryptoKeyInfoEnvironmentList=[])
+    failure(api.call("PUT", api.keys("pair/"), {"algorithm": "AES"}), 400)
+    failure(api.call("PUT", api.keys("pair/"), {"keyType": "PUBLIC_KEY", "algorithm": "DES"}),
+            400)
+    got = api.call("GET", api.keys("pair/")).json["resultList"][0]
+    assert got["keyType"] == "PRIVATE_KEY" and got["algorithm"] is None, got
+    failure(api.call("POST", api.keys(), {"name": "s", "keyType": "SECRET_KEY",
+                                          "algorithm": "EC",
+                                          "cryptoKeyInfoEnvironmentList": []}), 400)
+    api.create("s", cryptoKeyInfoEnvironmentList=[])
+    failure(api.call("PUT", api.keys("s/"), {"algorithm": "EC"}), 400)
+    assert api.call("PUT", api.keys("s/"), {"algorithm": "DES"}).status == 200

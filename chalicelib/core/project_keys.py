@@ -77,6 +77,7 @@ KEY_TYPES = (SECRET, PRIVATE, PUBLIC)
 SECRET_LENGTHS: dict[str, tuple[int, ...]] = {"aes": (16, 24, 32), "des": (8,),
                                               "des3": (16, 24)}
 SECRET_ALGORITHMS = (*SECRET_LENGTHS, "rsa")
+PAIR_ALGORITHMS = ("rsa", "ec")  # what a private or public key is
 MAX_ENVIRONMENTS = 16  # per key: 16 x MAX_CONTENT_BYTES stays far below an item's 400 KB
 MAX_CONTENT_BYTES = 16 * 1024  # an RSA-4096 PKCS#8 PEM is about 3.3 KB
 KEY_PREFIX = "key#"
@@ -226,6 +227,12 @@ def _one_algorithm(key_type: str, algorithm: str | None,
     if key_type == SECRET and algorithm is None:
         raise InvalidInput("the algorithm is required for a secret key", field="algorithm",
                            reason="algorithm_required")
+    # checked here, with or without material: a write giving none (a key deployed nowhere)
+    # must not store a combination no material could ever match
+    allowed = SECRET_ALGORITHMS if key_type == SECRET else PAIR_ALGORITHMS
+    if algorithm is not None and algorithm not in allowed:
+        raise InvalidInput(f"a {key_type} key's algorithm is one of {', '.join(allowed)}",
+                           field="algorithm")
     # the same material given to several environments is parsed once (an RSA private key's
     # consistency check takes OpenSSL 3 about 0.1 s)
     distinct = {e.content: e.environment for e in reversed(entries) if e.content is not None}
