@@ -788,3 +788,20 @@ def test_algorithms_that_do_not_fit_the_key_type_are_refused_without_material(li
     api.create("s", cryptoKeyInfoEnvironmentList=[])
     failure(api.call("PUT", api.keys("s/"), {"algorithm": "EC"}), 400)
     assert api.call("PUT", api.keys("s/"), {"algorithm": "DES"}).status == 200
+
+
+def test_pem_text_is_material_only_for_keys_that_are_pem(live_server):
+    """Content starting "-----BEGIN" is taken as it is only for PRIVATE_KEY, PUBLIC_KEY and
+    SECRET_KEY RSA: 32 bytes of such text are no AES key, on create or update."""
+    project = project_with_environments(live_server)
+    api = Api(live_server, project)
+    text = "-----BEGIN KEY-----" + "A" * 13
+    assert len(text) == 32
+    for algorithm, size in (("AES", 32), ("AES", 16), ("DESede", 24)):
+        failure(api.call("POST", api.keys(), {
+            "name": "s", "keyType": "SECRET_KEY", "algorithm": algorithm,
+            "cryptoKeyInfoEnvironmentList": [
+                {"environmentName": "production", "content": text[:size]}]}), 400)
+    api.create("s")
+    failure(api.call("PUT", api.keys("s/"), {"cryptoKeyInfoEnvironmentList": [
+        {"environmentName": "production", "content": text}]}), 400)

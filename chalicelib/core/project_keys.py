@@ -136,6 +136,9 @@ class EnvironmentContent:
     environment: str
     alias: str | None = None
     content: bytes | None = None
+    # the material was given as text (a PEM as it is) rather than encoded bytes: only a key
+    # that is a PEM structure (a private or public key, an RSA secret) is ever given so
+    textual: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,11 @@ def _one_algorithm(key_type: str, algorithm: str | None,
     if algorithm is not None and algorithm not in allowed:
         raise InvalidInput(f"a {key_type} key's algorithm is one of {', '.join(allowed)}",
                            field="algorithm")
+    if key_type == SECRET and algorithm != "rsa":
+        for e in entries:
+            if e.textual:
+                raise InvalidInput(f"a {algorithm} key's material is its raw bytes, encoded, "
+                                   "not PEM text", field=f"content:{e.environment}")
     # the same material given to several environments is parsed once (an RSA private key's
     # consistency check takes OpenSSL 3 about 0.1 s)
     distinct = {e.content: e.environment for e in reversed(entries) if e.content is not None}

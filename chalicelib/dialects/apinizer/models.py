@@ -126,10 +126,16 @@ def parse_key(data: dict[str, Any], *, create: bool) -> KeyBody:
     return body
 
 
+def is_pem(text: str) -> bool:
+    """Is a content field a PEM as it is (rather than base64)? The core accepts one only
+    for keys that are PEM structures (PRIVATE_KEY, PUBLIC_KEY, SECRET_KEY RSA)."""
+    return text.lstrip().startswith("-----BEGIN")
+
+
 def content_bytes(text: str, where: str) -> bytes:
     """The material of a content field: base64 of the key (line breaks allowed, as `base64`
     writes it), or a PEM as it is."""
-    if text.lstrip().startswith("-----BEGIN"):
+    if is_pem(text):
         return text.encode("utf-8")  # kept byte for byte: what an environment reads back
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
@@ -150,7 +156,8 @@ def entries(body: KeyBody) -> list[EnvironmentContent] | None:
         where = f"cryptoKeyInfoEnvironmentList[{i}]"
         out.append(EnvironmentContent(
             e.environmentName, e.alias,
-            None if e.content is None else content_bytes(e.content, where)))
+            None if e.content is None else content_bytes(e.content, where),
+            textual=e.content is not None and is_pem(e.content)))
     return out
 
 
