@@ -805,3 +805,22 @@ def test_pem_text_is_material_only_for_keys_that_are_pem(live_server):
     api.create("s")
     failure(api.call("PUT", api.keys("s/"), {"cryptoKeyInfoEnvironmentList": [
         {"environmentName": "production", "content": text}]}), 400)
+
+
+@pytest.mark.parametrize("project", ["*", "a\ud800b", "a\x07b", "p" * 1024, "a/b", "", 7])
+def test_admin_project_names_are_checked_as_the_routes_check_them(live_server, project):
+    """A lone surrogate, a control character, 1024 characters, "/" or "*" (the scopes'
+    wildcard): a clean refusal, never an internal error, for every environment event."""
+    for action in ("create-environment", "list-environments", "delete-environment"):
+        out = admin.handle({"action": action, "project": project, "name": "production",
+                            "type": "TEST"}, live_server.services)
+        assert out["ok"] is False and out.get("error") != "internal_error", out
+        assert "project" in json.dumps(out), out
+
+
+def test_the_wildcard_is_no_project_in_the_routes(live_server):
+    api = Api(live_server, "*", token=live_server.mint("apinizer:*:read,manage,deploy"))
+    failure(api.call("GET", api.keys()), 400)
+    failure(api.call("POST", api.keys(), {"name": "k", "keyType": "SECRET_KEY",
+                                          "algorithm": "AES",
+                                          "cryptoKeyInfoEnvironmentList": []}), 400)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.core.project_keys import PRIVATE, PUBLIC, SECRET, EnvironmentContent
+from chalicelib.core.tokens import ALL_RINGS
 from chalicelib.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,6 +50,15 @@ def check_name(value: object, what: str, *, slash: bool = True) -> str:
         raise InvalidInput(f"the {what} name is invalid: 1 to {MAX_NAME_CHARS} printable "
                            "characters", field=what)
     return str(value)
+
+
+def check_project(value: object) -> str:
+    """A project name (see check_name, never holding "/"), and never "*": that is the
+    scopes' every-ring wildcard, so a project of that name would be every project's."""
+    name = check_name(value, "project", slash=False)
+    if name == ALL_RINGS:
+        raise InvalidInput(f"the project name {ALL_RINGS} is reserved", field="project")
+    return name
 
 
 def _name(value: str) -> str:

@@ -46,6 +46,7 @@ from chalicelib.dialects.apinizer.models import (
     UPDATE_ACTIONS,
     UPDATE_SCOPES,
     check_name,
+    check_project,
     choice,
     entries,
     parse_key,
@@ -92,7 +93,10 @@ def _principal() -> Principal:
 
 def _segment(value: str, what: str) -> str:
     """A project, environment or key name from the path: never one holding "/" (an
-    environment ring is "<project>/<environment>"), see models.check_name."""
+    environment ring is "<project>/<environment>"), see models.check_name; a project never
+    "*" (models.check_project)."""
+    if what == "project":
+        return check_project(value)
     return check_name(value, what, slash=False)
 
 
