@@ -351,6 +351,9 @@ def test_material_is_read_only_by_the_environment_while_deployed(live_server):
     # (sandbox before the redeploy, production after it, sandbox after the delete)
     assert outcomes == ["denied"] * 2 + ["failure"] * 3 + ["success"] * 3, outcomes
     assert all(b64(AES) not in json.dumps(r) for r in records)
+    # granted or refused, a read is one object: the key in that environment
+    assert {r["object"] for r in records} <= {
+        f"apinizer/{project}/environments/{e}/keys/k" for e in ("production", "sandbox")}
 
 
 def test_update_keeps_what_is_not_given(live_server):
@@ -554,10 +557,17 @@ def test_authentication_and_permission_answers(live_server):
 
 
 def test_writes_are_audited_without_material(live_server):
-    project = project_with_environments(live_server, "production")
+    project = project_with_environments(live_server, "production", "test")
     api = Api(live_server, project, principal=f"auditor-{uuid.uuid4().hex[:6]}")
-    api.create("k")
-    assert api.call("PUT", api.keys("k/?jwkUpdateAction=NULLIFY"), {"name": "k2"}).status == 200
+    api.create("k", cryptoKeyInfoEnvironmentList=[
+        {"environmentName": e, "content": b64(AES)} for e in ("production", "test")])
+    r = api.call("PUT", api.keys("k/?jwkUpdateAction=NULLIFY"), {
+        "name": "k2", "cryptoKeyInfoEnvironmentList": [{"environmentName": "production"}]})
+    assert r.status == 200, r.text
+    # the environment the update took the key away from is reported too
+    assert r.json["deploymentResult"]["environmentResults"] == [
+        {"environmentName": "production", "success": True, "message": "Deployed successfully"},
+        {"environmentName": "test", "success": True, "message": "Undeployed successfully"}]
     assert api.call("DELETE", api.keys("k2/")).status == 200
     records = [r for r in live_server.services.audit.find()
                if r["principal"] == api.principal]
@@ -568,6 +578,11 @@ def test_writes_are_audited_without_material(live_server):
     assert records[1]["object"] == f"apinizer/{project}/keys/k2"
     assert records[1]["details"]["renamed"] is True
     assert records[1]["details"]["option"] == "NULLIFY"
+    assert records[0]["details"]["deployed"] == ["production", "test"]
+    assert records[1]["details"]["old_name"] == "k"
+    assert records[1]["details"]["deployed"] == ["production"]
+    assert records[1]["details"]["undeployed"] == ["test"]
+    assert records[2]["details"]["undeployed"] == ["production"]
     assert b64(AES) not in json.dumps(records)
 
 
@@ -613,6 +628,10 @@ def test_environments_in_every_path_form(live_server):
     audit = [r["action"] for r in svc.audit.find() if f"apinizer/{project}/env" in r["object"]]
     assert audit.count("apinizer.environment.create") >= 2
     assert "apinizer.environment.delete" in audit
+    # the refused delete (in use) and the refused creates are the admin function's too
+    refused = [r for r in svc.audit.find() if f"apinizer/{project}/env" in r["object"]
+               and r["outcome"] != "success"]
+    assert refused and {r["principal"] for r in refused} == {admin.ADMIN_PRINCIPAL}, refused
 
 
 def test_cli_creates_environments(_apinizer_sqlite):
@@ -724,3 +743,84 @@ def test_a_key_copied_into_another_project_is_never_used_there(live_server):
     assert len(failures) >= 4
     assert owner.call("GET", owner.keys("k/")).status == 200
 
+
+
+def test_token_endpoint_issues_children_of_this_kind_that_die_with_their_parent(live_server):
+    """The endpoint issues apinizer scopes only; the token it issues is refused once its
+    parent is revoked through the admin function, derives no further, and the token list
+    shows its parent."""
+    project = project_with_environments(live_server)
+    personal = live_server.mint(f"apinizer:{project}:read", "storedsafe:*:read",
+                                principal="ci-client")
+    secret = f"grant_type=client_credentials&client_secret={personal}"
+    r = _token(live_server, f"{secret}&scope=storedsafe:1:read")
+    assert r.status == 400 and r.json["error"] == "invalid_scope", r.text
+    r = _token(live_server, secret)
+    assert r.status == 200 and r.json["scope"] == f"apinizer:{project}:read", r.text
+    child = Api(live_server, project, token=r.json["access_token"])
+    assert child.call("GET", child.keys()).status == 200
+    r = _token(live_server, f"grant_type=client_credentials&"
+                            f"client_secret={child.token}")
+    assert r.status == 400, r.text  # no grandchildren
+    parent_id = live_server.services.tokens.authenticate(personal).token_id
+    listed = admin.handle({"action": "list-tokens"}, live_server.services)["tokens"]
+    assert any(t.get("parent_token_id") == parent_id for t in listed)
+    assert admin.handle({"action": "revoke-token", "token_id": parent_id},
+                        live_server.services)["ok"]
+    # the server's cache holds the parent's record at most cache_seconds (1 s by default)
+    time.sleep(live_server.services.settings.cache_seconds + 0.2)
+    failure(child.call("GET", child.keys()), 401)
+
+
+def test_algorithms_that_do_not_fit_the_key_type_are_refused_without_material(live_server):
+    """Checked on every write, material or none: AES on a private key, EC on a secret key."""
+    project = project_with_environments(live_server)
+    api = Api(live_server, project)
+    api.create("pair", keyType="PRIVATE_KEY", cryptoKeyInfoEnvironmentList=[])
+    failure(api.call("PUT", api.keys("pair/"), {"algorithm": "AES"}), 400)
+    failure(api.call("PUT", api.keys("pair/"), {"keyType": "PUBLIC_KEY", "algorithm": "DES"}),
+            400)
+    got = api.call("GET", api.keys("pair/")).json["resultList"][0]
+    assert got["keyType"] == "PRIVATE_KEY" and got["algorithm"] is None, got
+    failure(api.call("POST", api.keys(), {"name": "s", "keyType": "SECRET_KEY",
+                                          "algorithm": "EC",
+                                          "cryptoKeyInfoEnvironmentList": []}), 400)
+    api.create("s", cryptoKeyInfoEnvironmentList=[])
+    failure(api.call("PUT", api.keys("s/"), {"algorithm": "EC"}), 400)
+    assert api.call("PUT", api.keys("s/"), {"algorithm": "DES"}).status == 200
+
+
+def test_pem_text_is_material_only_for_keys_that_are_pem(live_server):
+    """Content starting "-----BEGIN" is taken as it is only for PRIVATE_KEY, PUBLIC_KEY and
+    SECRET_KEY RSA: 32 bytes of such text are no AES key, on create or update."""
+    project = project_with_environments(live_server)
+    api = Api(live_server, project)
+    text = "-----BEGIN KEY-----" + "A" * 13
+    assert len(text) == 32
+    for algorithm, size in (("AES", 32), ("AES", 16), ("DESede", 24)):
+        failure(api.call("POST", api.keys(), {
+            "name": "s", "keyType": "SECRET_KEY", "algorithm": algorithm,
+            "cryptoKeyInfoEnvironmentList": [
+                {"environmentName": "production", "content": text[:size]}]}), 400)
+    api.create("s")
+    failure(api.call("PUT", api.keys("s/"), {"cryptoKeyInfoEnvironmentList": [
+        {"environmentName": "production", "content": text}]}), 400)
+
+
+@pytest.mark.parametrize("project", ["*", "a\ud800b", "a\x07b", "p" * 1024, "a/b", "", 7])
+def test_admin_project_names_are_checked_as_the_routes_check_them(live_server, project):
+    """A lone surrogate, a control character, 1024 characters, "/" or "*" (the scopes'
+    wildcard): a clean refusal, never an internal error, for every environment event."""
+    for action in ("create-environment", "list-environments", "delete-environment"):
+        out = admin.handle({"action": action, "project": project, "name": "production",
+                            "type": "TEST"}, live_server.services)
+        assert out["ok"] is False and out.get("error") != "internal_error", out
+        assert "project" in json.dumps(out), out
+
+
+def test_the_wildcard_is_no_project_in_the_routes(live_server):
+    api = Api(live_server, "*", token=live_server.mint("apinizer:*:read,manage,deploy"))
+    failure(api.call("GET", api.keys()), 400)
+    failure(api.call("POST", api.keys(), {"name": "k", "keyType": "SECRET_KEY",
+                                          "algorithm": "AES",
+                                          "cryptoKeyInfoEnvironmentList": []}), 400)

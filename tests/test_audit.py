@@ -40,6 +40,17 @@ def test_details_outside_the_allow_list_are_dropped(store):
     assert rec["details"] == {"reason": "tag"} and rec["outcome"] == "failure"
 
 
+def test_short_lists_of_names_are_kept_as_details(store):
+    from chalicelib.core.audit import MAX_DETAIL_ITEMS, allow_details
+
+    allow_details("deployed", "undeployed")
+    audit = AuditLog(store)
+    audit.record(_caller(), "key.listed", "x/1/k", deployed=["a", "b"],
+                 undeployed=["n"] * (MAX_DETAIL_ITEMS + 1), reason=["a", 1])
+    [rec] = audit.find(action="key.listed")
+    assert rec["details"] == {"deployed": ["a", "b"]}
+
+
 def test_records_order_and_filter(store):
     t = [1_800_000_000.0]
     audit = AuditLog(store, clock=lambda: t[0])

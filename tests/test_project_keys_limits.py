@@ -18,7 +18,7 @@ from chalicelib.core.services import Services
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
 from chalicelib.dialects.apinizer.envelope import render
 from chalicelib.dialects.apinizer.routes import project_keys
-from chalicelib.errors import InvalidInput, LimitExceeded, TooManyRequests
+from chalicelib.errors import Forbidden, InvalidInput, LimitExceeded, TooManyRequests
 
 
 def test_the_key_cap_is_a_400_and_a_deleted_key_makes_room(settings, hsm, store):
@@ -80,3 +80,43 @@ def test_opening_private_keys_spends_the_generation_rate(settings, hsm, store):
     refused = [a for a in dom._audit.find(action="apinizer.key.create")
                if a["outcome"] == "failure" and a["principal"] == "user"]
     assert refused[-1]["details"]["reason"] == "rate_limited"
+
+
+def test_issuing_tokens_spends_the_root_tokens_rate(settings, hsm, store):
+    """Each issuance spends 1 of the root token's rate, and a derived token's generations
+    spend its root's: minting fresh tokens neither escapes nor resets the rate. Only this
+    kind's scopes are issued."""
+    small = dataclasses.replace(settings, generation_rate=3)
+    rate = GenerationRate(store, small, clock=lambda: 1_800_000_000.0)
+    tokens = TokenService(store)
+    dom = project_keys(Services(small, store, hsm, tokens, AuditLog(store), rate))
+    project = f"p-{os.urandom(4).hex()}"
+    dom.create_environment(project, "e", "TEST", principal="test")
+    raw, _ = tokens.create("user", [Scope.parse(f"apinizer:{project}:manage,deploy"),
+                                    Scope.parse("storedsafe:*:read")], 3600)
+    root = Caller(tokens.authenticate(raw), "rid")
+    with pytest.raises(Forbidden) as other:  # another kind's scope
+        dom.issue_token(root, [Scope.parse("storedsafe:1:read")])
+    assert other.value.reason == "scope_not_held"
+    child_raw, record = dom.issue_token(root, None)  # spends 1
+    assert [s["kind"] for s in record["scopes"]] == ["apinizer"]
+    child = Caller(tokens.authenticate(child_raw), "rid")
+    grant = check(child, dom.kind, project, dom.action("key.create"), "deploy")
+    pem = _rsa_pem()
+    dom.create(grant, name="k", description=None, key_type="private", algorithm=None,
+               environments=[EnvironmentContent("e", None, pem)])  # spends 1 of the root's
+    dom.issue_token(root, None)  # the third
+    with pytest.raises(TooManyRequests):
+        dom.issue_token(root, None)
+    with pytest.raises(TooManyRequests):
+        dom.update(check(child, dom.kind, project, dom.action("key.update")), "k",
+                   environments=[EnvironmentContent("e", None, _rsa_pem())])
+
+
+def _rsa_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())

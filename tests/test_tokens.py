@@ -6,6 +6,7 @@ import pytest
 
 from chalicelib.core.tokens import Scope, TokenService, hash_token
 from chalicelib.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from chalicelib.store import Delete
 
 
 class Clock:
@@ -194,3 +195,35 @@ def test_derived_tokens_are_narrower_and_never_outlive_their_parent(store):
         with pytest.raises(Forbidden) as exc:
             svc.derive(parent, [Scope.parse(wider)], 60)
         assert exc.value.reason == "scope_not_held"
+
+
+def test_a_derived_token_dies_with_its_parent(store):
+    """A derived token records its parent and root; it is refused once the parent is revoked
+    (at once in this process, through a warm cache), derives no further, and is refused when
+    the parent's record is gone."""
+    svc = TokenService(store, cache_seconds=300)
+    raw, record = svc.create("alice", [Scope.parse("apinizer:p:read,manage")], 3600)
+    parent = svc.authenticate(raw)
+    child_raw, child = svc.derive(parent, None, 600)
+    assert child["parent_token_id"] == child["root_token_id"] == record["token_id"]
+    p = svc.authenticate(child_raw)  # both records now cached
+    assert p.parent_token_id == record["token_id"] and p.root == record["token_id"]
+    assert parent.root == record["token_id"] and not parent.parent_token_id
+    with pytest.raises(Forbidden) as exc:
+        svc.derive(p, None, 600)
+    assert exc.value.reason == "token_derived"
+    listed = {r["token_id"]: r for r in svc.list()}
+    assert listed[child["token_id"]]["parent_token_id"] == record["token_id"]
+    svc.revoke(record["token_id"])
+    with pytest.raises(Unauthenticated) as gone:
+        svc.authenticate(child_raw)
+    assert gone.value.reason == "token_revoked"
+    # another process's cache-less service agrees; and a parent whose record is gone
+    with pytest.raises(Unauthenticated):
+        TokenService(store).authenticate(child_raw)
+    raw2, record2 = svc.create("bob", [Scope.parse("apinizer:p:read")], 3600)
+    child2_raw, _ = svc.derive(svc.authenticate(raw2), None, 600)
+    index = store.get("tokens", record2["token_id"])
+    store.transact([Delete("tokens", record2["token_id"], int(index["version"]))])
+    with pytest.raises(Unauthenticated):
+        TokenService(store).authenticate(child2_raw)

@@ -34,6 +34,7 @@ SAFE_DETAIL_KEYS: set[str] = {
     "bits", "reason", "count", "name", "ring_kind",
 }
 MAX_DETAIL_TEXT = 256  # longest string detail kept: a bad value never costs the record
+MAX_DETAIL_ITEMS = 16  # longest list of strings kept (names a change reached, say)
 MAX_OBJECT_CHARS = 512  # audit object names carry client-chosen ids
 
 
@@ -43,17 +44,25 @@ def allow_details(*keys: str) -> None:
 
 
 def _safe_details(details: dict[str, Any]) -> dict[str, Any]:
-    """The allowed details the store can hold: out-of-range integers, long strings and other
-    types are dropped."""
+    """The allowed details the store can hold: out-of-range integers, long strings, long
+    lists and other types are dropped."""
     out: dict[str, Any] = {}
     for k, v in details.items():
         if k not in SAFE_DETAIL_KEYS:
             continue
         if v is None or isinstance(v, bool) \
                 or (isinstance(v, int) and -(10**38) < v < 10**38) \
-                or (isinstance(v, str) and len(v) <= MAX_DETAIL_TEXT and _utf8(v)):
+                or _text(v):
             out[k] = v
+        elif isinstance(v, (list, tuple)) and len(v) <= MAX_DETAIL_ITEMS \
+                and all(_text(x) for x in v):
+            out[k] = list(v)
     return out
+
+
+def _text(v: Any) -> bool:
+    """A string detail the store can hold."""
+    return isinstance(v, str) and len(v) <= MAX_DETAIL_TEXT and _utf8(v)
 
 
 def _utf8(text: str) -> bool:
@@ -265,10 +274,12 @@ class AuditLog:
             log.info(json.dumps({"audit": {k: item[k] for k in _LOGGED}}))
 
     def refused(self, caller: Caller | None, action: str, obj: str, exc: BaseException,
-                details: dict[str, Any] | None = None) -> None:
+                details: dict[str, Any] | None = None, *,
+                principal: str | None = None) -> None:
         """Record a refusal or failure: "denied" for a permission refusal, "failure"
         otherwise, with reason = the neutral error code (internal_error for anything
-        unexpected). A misplaced record is also logged as an error. If the record cannot be
+        unexpected), under `principal` where the service itself did the work (as `record`).
+        A misplaced record is also logged as an error. If the record cannot be
         written with its details it is written without; if not at all, that is logged and
         the original error is the one reported."""
         mark_audited(exc)
@@ -281,7 +292,8 @@ class AuditLog:
                                   "problem": exc.detail}))
         for extra in (details or {}, {}):
             try:
-                self.record(caller, action, obj, outcome, **extra, reason=reason)
+                self.record(caller, action, obj, outcome, principal=principal, **extra,
+                            reason=reason)
                 return
             except Exception:  # noqa: BLE001 - retried without details, then logged
                 log.warning("audit record of %s not written%s", action,
@@ -300,7 +312,7 @@ class AuditLog:
             yield op
         except BaseException as exc:
             if not op.committed and isinstance(exc, Exception):
-                self.refused(caller, action, obj, exc, op.details)
+                self.refused(caller, action, obj, exc, op.details, principal=principal)
             raise
         if not op.committed:
             self.record(caller, action, op.obj, "success", principal=principal, **op.details)

@@ -31,7 +31,7 @@ def cap(count: int, limit: int, what: str, reason: str = "cap_reached") -> None:
 
 
 class GenerationRate:
-    """A fixed-window counter per token in the store, so it holds across processes and
+    """A fixed-window counter per root token in the store, so it holds across processes and
     Lambda containers: one conditional write per expensive generation (cheap next to an
     RSA key generation)."""
 
@@ -45,12 +45,14 @@ class GenerationRate:
 
     def spend(self, caller: Caller | None, cost: int = 1) -> None:
         """Count `cost` generations for the caller's token; TooManyRequests past the rate.
-        Service-initiated work (no caller) is not limited."""
+        Service-initiated work (no caller) is not limited. The count is the root token's:
+        a token derived from it (and what it derives) spends the same budget, so deriving a
+        fresh token does not reset the rate."""
         if caller is None or self._rate <= 0:
             return
         now = int(self._clock())
         window = now - now % self._window
-        pk, sk = f"rate#{caller.principal.token_id}", f"generation#{window}"
+        pk, sk = f"rate#{caller.principal.root}", f"generation#{window}"
 
         def attempt() -> None:
             item = self._store.get(pk, sk)

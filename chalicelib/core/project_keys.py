@@ -16,12 +16,14 @@ Store layout (prefix = the ring kind's store prefix):
                                                algorithm, environments [{name, alias, sealed,
                                                deployed_at}], times
   pk "{p}#{ring}#envs"   sk "env#<name>"       one environment: ring, id, name, description,
-                                               type, access_url, created_at
+                                               type, access_url, created_at,
+                                               deleting (set while being deleted)
 
 Names are unique per ring by their claim (records.claim / rename), written in the same
 transaction as the key, the head and the audit record; a rename moves the claim in that
 transaction, so of two concurrent renames to one name exactly one wins. A deployment writes a
-condition on every environment it names (it still exists as read). Key ids are UUID version 7.
+condition on every environment it names (it still exists as read, not being deleted). Key
+ids are UUID version 7.
 
 The rules (`algorithm_of`, `deployed`) are pure functions; `ProjectKeys` adds the HSM and the
 store.
@@ -58,10 +60,12 @@ from chalicelib.core.tenant_keys import new_key_id
 from chalicelib.core.tokens import Caller, Scope, TokenService
 from chalicelib.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     InvalidState,
     MisplacedRecord,
     NotFound,
+    StoreConditionFailed,
     StoreTransactionCancelled,
 )
 from chalicelib.hsm import Hsm
@@ -73,12 +77,14 @@ KEY_TYPES = (SECRET, PRIVATE, PUBLIC)
 SECRET_LENGTHS: dict[str, tuple[int, ...]] = {"aes": (16, 24, 32), "des": (8,),
                                               "des3": (16, 24)}
 SECRET_ALGORITHMS = (*SECRET_LENGTHS, "rsa")
+PAIR_ALGORITHMS = ("rsa", "ec")  # what a private or public key is
 MAX_ENVIRONMENTS = 16  # per key: 16 x MAX_CONTENT_BYTES stays far below an item's 400 KB
 MAX_CONTENT_BYTES = 16 * 1024  # an RSA-4096 PKCS#8 PEM is about 3.3 KB
 KEY_PREFIX = "key#"
 ENV_PREFIX = "env#"
 
-allow_details("environments", "undeployed", "renamed", "key_type", "environment", "option")
+allow_details("environments", "deployed", "undeployed", "renamed", "old_name", "key_type",
+              "environment", "option")
 
 
 def key_not_found(name: str) -> NotFound:
@@ -130,14 +136,19 @@ class EnvironmentContent:
     environment: str
     alias: str | None = None
     content: bytes | None = None
+    # the material was given as text (a PEM as it is) rather than encoded bytes: only a key
+    # that is a PEM structure (a private or public key, an RSA secret) is ever given so
+    textual: bool = False
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """What a write did to each environment: deployed (or undeployed) there, in order."""
+    """What a write did to each environment: deployed (or, for a delete, undeployed) there,
+    in order; `undeployed`: the environments an update took the key away from."""
 
     undeploy: bool
     environments: tuple[str, ...]
+    undeployed: tuple[str, ...] = ()
 
 
 # ---- the rules, as pure functions --------------------------------------------------------------
@@ -219,6 +230,17 @@ def _one_algorithm(key_type: str, algorithm: str | None,
     if key_type == SECRET and algorithm is None:
         raise InvalidInput("the algorithm is required for a secret key", field="algorithm",
                            reason="algorithm_required")
+    # checked here, with or without material: a write giving none (a key deployed nowhere)
+    # must not store a combination no material could ever match
+    allowed = SECRET_ALGORITHMS if key_type == SECRET else PAIR_ALGORITHMS
+    if algorithm is not None and algorithm not in allowed:
+        raise InvalidInput(f"a {key_type} key's algorithm is one of {', '.join(allowed)}",
+                           field="algorithm")
+    if key_type == SECRET and algorithm != "rsa":
+        for e in entries:
+            if e.textual:
+                raise InvalidInput(f"a {algorithm} key's material is its raw bytes, encoded, "
+                                   "not PEM text", field=f"content:{e.environment}")
     # the same material given to several environments is parsed once (an RSA private key's
     # consistency check takes OpenSSL 3 about 0.1 s)
     distinct = {e.content: e.environment for e in reversed(entries) if e.content is not None}
@@ -261,6 +283,10 @@ class ProjectKeys:
     def obj(self, ring: str, *parts: str) -> str:
         """An audit object name under the ring."""
         return object_name("/".join((self.kind.name, ring, *parts)))
+
+    def material_obj(self, ring: str, environment: str, name: str) -> str:
+        """The audit object of a material read, granted or refused."""
+        return self.obj(ring, "environments", environment, "keys", name)
 
     def pk(self, ring: str) -> str:
         """The ring's key partition (head, name claims, keys)."""
@@ -354,10 +380,13 @@ class ProjectKeys:
                 from exc
 
     def _environment_items(self, ring: str) -> dict[str, dict[str, Any]]:
-        """The ring's environment items by name (each one checked)."""
+        """The ring's environment items by name (each one checked) that a key may be
+        deployed to: not one being deleted (see delete_environment)."""
         out = {}
         for item in scan(self._store, self.envs_pk(ring), ENV_PREFIX):
-            out[self._environment(ring, item).name] = item
+            env = self._environment(ring, item)
+            if not item.get("deleting"):
+                out[env.name] = item
         return out
 
     def environments(self, grant: Grant) -> list[Environment]:
@@ -396,8 +425,14 @@ class ProjectKeys:
     def delete_environment(self, ring: str, name: str, *, principal: str) -> None:
         """Remove an environment no key is deployed to (the operator's work, audited);
         NotFound if there is none, InvalidState (environment_in_use) while keys are deployed
-        there. (A key deployed between the check and the delete keeps the name, and no
-        environment token reads its material: reads need the environment to exist.)"""
+        there.
+
+        The environment is marked `deleting` first (a version bump): a deployment that read
+        it before fails its condition on it, and one reading it after finds no such
+        environment. So the scan that follows sees every deployment there is, and none can
+        begin before the delete (conditional on the marked version): no deployment is left
+        dangling for a recreated environment of the same name to reactivate. An environment
+        in use is unmarked again."""
         with self._audit.operation(None, self.action("environment.delete"),
                                    self.obj(ring, "environments", name),
                                    principal=principal) as op:
@@ -405,13 +440,30 @@ class ProjectKeys:
             if item is None:
                 raise NotFound(f"environment {name} not found",
                                reason="environment_not_found", name=name)
+            fields = {k: v for k, v in item.items() if k != "version"}
+            try:
+                marked = item if item.get("deleting") else \
+                    self._store.update_if_version({**fields, "deleting": True},
+                                                  int(item["version"]))
+            except StoreConditionFailed:
+                raise Conflict(f"environment {name} is being changed concurrently; retry",
+                               reason="busy") from None
             users = [k["name"] for k in scan(self._store, self.pk(ring), KEY_PREFIX)
                      if any(e.get("name") == name for e in k.get("environments") or ())]
             if users:
                 op.note(count=len(users))
+                try:
+                    self._store.update_if_version({**fields, "deleting": None},
+                                                  int(marked["version"]))
+                except StoreConditionFailed:
+                    pass  # another delete holds it now: that one settles the mark
                 raise InvalidState(f"keys are deployed to environment {name}",
                                    reason="environment_in_use", name=name)
-            op.commit([Delete(item["pk"], item["sk"], int(item["version"]))])
+            try:
+                op.commit([Delete(item["pk"], item["sk"], int(marked["version"]))])
+            except StoreTransactionCancelled:
+                raise Conflict(f"environment {name} is being changed concurrently; retry",
+                               reason="busy") from None
 
     # ---- changing ------------------------------------------------------------------------
 
@@ -483,7 +535,7 @@ class ProjectKeys:
                       "environments": self._sealed(ring, kid, entries, (), now),
                       "created_by": grant.caller.principal.name,
                       "created_at": stamp, "updated_at": stamp}
-            op.note(kid=kid)
+            op.note(kid=kid, deployed=[e.environment for e in entries])
 
             def attempt() -> None:
                 head = read_head(self._store, pk)
@@ -518,56 +570,65 @@ class ProjectKeys:
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(ring, "keys", name)) as op:
             op.note(option=option, renamed=new_name is not None and new_name != name)
-            record, key = self._record(ring, name)
-            kid = key.id
-            kind = key_type or key.key_type
-            changes_kind = kind != key.key_type or \
-                (algorithm is not None and algorithm != key.algorithm)
-            algo = algorithm if algorithm is not None else \
-                (key.algorithm if kind == SECRET else None)
-            if changes_kind and kind == SECRET and algorithm is None:
-                raise InvalidInput("the algorithm is required for a secret key",
-                                   field="algorithm", reason="algorithm_required")
-            items = self._environment_items(ring)
-            entries = deployed(record["environments"], environments, set(items),
-                               needs_content=changes_kind)
-            self._spend(grant, kind, algo, entries)
-            found = _one_algorithm(kind, algo, entries,
-                                   algo if changes_kind else key.algorithm)
-            if new_name is not None and new_name != name \
-                    and claimed(self._store, pk, new_name) is not None:
-                raise Conflict(f"key {new_name} exists", reason="key_exists", name=new_name)
-            now = self._clock()
-            sealed = self._sealed(ring, kid, entries, record["environments"], now)
-            op.note(kid=kid, key_type=kind, algorithm=found, environments=len(entries))
+            spent: list[bool] = []
 
-            def attempt() -> ProjectKey:
-                stored, _ = self._record(ring, name)
-                if stored["id"] != kid:  # the name was moved to another key meanwhile
-                    raise key_not_found(name)
-                envs = self._environment_items(ring)
-                new = {k: v for k, v in stored.items() if k != "version"}
+            def attempt() -> tuple[ProjectKey, Deployment]:
+                # Everything written is derived from this one read, and the write expects
+                # its version: a concurrent commit (an undeploy, say) makes the write fail
+                # and the whole computation run again on what that commit left, never
+                # overwritten by a computation made before it.
+                record, key = self._record(ring, name)
+                kid = key.id
+                kind = key_type or key.key_type
+                changes_kind = kind != key.key_type or \
+                    (algorithm is not None and algorithm != key.algorithm)
+                algo = algorithm if algorithm is not None else \
+                    (key.algorithm if kind == SECRET else None)
+                if changes_kind and kind == SECRET and algorithm is None:
+                    raise InvalidInput("the algorithm is required for a secret key",
+                                       field="algorithm", reason="algorithm_required")
+                items = self._environment_items(ring)
+                entries = deployed(record["environments"], environments, set(items),
+                                   needs_content=changes_kind)
+                if not spent:  # the request's work is counted once, not once per attempt
+                    self._spend(grant, kind, algo, entries)
+                    spent.append(True)
+                found = _one_algorithm(kind, algo, entries,
+                                       algo if changes_kind else key.algorithm)
+                if new_name is not None and new_name != name \
+                        and claimed(self._store, pk, new_name) is not None:
+                    raise Conflict(f"key {new_name} exists", reason="key_exists",
+                                   name=new_name)
+                now = self._clock()
+                sealed = self._sealed(ring, kid, entries, record["environments"], now)
+                names = [e.environment for e in entries]
+                gone = [str(e["name"]) for e in record["environments"]
+                        if e["name"] not in names]
+                op.note(kid=kid, key_type=kind, algorithm=found, environments=len(entries),
+                        deployed=names, undeployed=gone)
+                new = {k: v for k, v in record.items() if k != "version"}
                 new.update(key_type=kind, algorithm=found, environments=sealed,
                            updated_at=iso_millis(now))
                 if description is not None:
                     new["description"] = description
-                ops: list[Any] = [Update(new, int(stored["version"]))]
+                ops: list[Any] = [Update(new, int(record["version"]))]
                 target = name
                 if new_name is not None and new_name != name:
                     new["name"] = target = new_name
                     ops += rename(pk, name, new_name, kid)
+                    op.note(old_name=name)
                 try:
                     op.commit([*ops, *self._conditions(
-                        ring, [e.environment for e in entries], envs)],
+                        ring, [e.environment for e in entries], items)],
                         obj=self.obj(ring, "keys", target))
                 except StoreTransactionCancelled:
                     if target != name and claimed(self._store, pk, target) not in (None, kid):
                         raise Conflict(f"key {target} exists", reason="key_exists",
                                        name=target) from None
                     raise
-                return self._view(ring, kid, new)
-            updated = retry(attempt, self._attempts, what="the key")
-        return updated, Deployment(False, tuple(e.environment for e in entries))
+                return self._view(ring, kid, new), Deployment(False, tuple(names),
+                                                              tuple(gone))
+            return retry(attempt, self._attempts, what="the key")
 
     def delete(self, grant: Grant, name: str, *, option: str | None = None) -> Deployment:
         """Undeploy a key from every environment and delete it, its claim released and the
@@ -581,7 +642,7 @@ class ProjectKeys:
             def attempt() -> Deployment:
                 record, key = self._record(ring, name)
                 head = read_head(self._store, pk)
-                op.note(kid=key.id, undeployed=len(key.environments))
+                op.note(kid=key.id, undeployed=[e.environment for e in key.environments])
                 count = max(0, int(head.state.get("count", 0)) - 1)
                 op.commit([head.replaced({**head.state, "count": count}),
                            release(pk, name),
@@ -600,8 +661,7 @@ class ProjectKeys:
         if grant.ring != self.environment_ring(ring, environment):
             raise AssertionError("a grant for another environment")
         with self._audit.operation(grant.caller, grant.action,
-                                   self.obj(ring, "environments", environment, "keys",
-                                            name)) as op:
+                                   self.material_obj(ring, environment, name)) as op:
             op.note(environment=environment)
             record, key = self._record(ring, name)
             op.note(kid=key.id)
@@ -618,9 +678,20 @@ class ProjectKeys:
 
     def issue_token(self, caller: Caller, scopes: Sequence[Scope] | None) \
             -> tuple[str, dict[str, Any]]:
-        """A short-lived token for the caller's token (its scopes, or narrower ones asked),
-        audited; Forbidden (scope_not_held) for a scope the caller's token does not hold."""
+        """A short-lived token for the caller's token, audited: the caller's scopes of this
+        ring kind, or narrower ones asked (of this kind only: this kind's token endpoint
+        hands out no other kind's access). Forbidden (scope_not_held) for a scope of another
+        kind or one the caller's token does not hold, or when it holds none of this kind.
+        Each issuance spends 1 of the root token's generation rate (GenerationRate): minting
+        is bounded by the same budget, and a derived token spends its root's."""
         with self._audit.operation(caller, "token.issue", "token") as op:
+            own = tuple(s for s in caller.principal.scopes if s.kind == self.kind.name)
+            if scopes is None:
+                scopes = own
+            if not scopes or any(s.kind != self.kind.name for s in scopes):
+                raise Forbidden(f"only {self.kind.name} scopes are issued here",
+                                reason="scope_not_held")
+            self._rate.spend(caller)
             raw, record = self._tokens.derive(caller.principal, scopes, self._token_seconds)
             op.note(count=len(record["scopes"]))
             op.obj = object_name(f"token/{record['token_id']}")

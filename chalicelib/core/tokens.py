@@ -33,6 +33,7 @@ INDEX_PK = "tokens"
 ALL_RINGS = "*"
 MAX_TTL_SECONDS = 400 * 24 * 3600
 REVOKE_ATTEMPTS = 8
+MAX_ANCESTORS = 4  # a derived token derives no further; the bound guards a malformed chain
 
 
 def hash_token(raw: str) -> str:
@@ -91,6 +92,16 @@ class Principal:
     scopes: tuple[Scope, ...]
     expires_at: int
     raw_token: str = field(repr=False, default="")
+    # the token a derived token was derived from ("" for a token the operator minted), and
+    # the minted token at the chain's root (the token itself when it is one): limits that
+    # must not be escaped by deriving a fresh token count against the root
+    parent_token_id: str = ""
+    root_token_id: str = ""
+
+    @property
+    def root(self) -> str:
+        """The id limits are counted against: the root token's."""
+        return self.root_token_id or self.token_id
 
     def perms(self, kind: str, ring: str) -> frozenset[str]:
         """Union of the permissions this principal holds on (kind, ring)."""
@@ -136,8 +147,11 @@ class TokenService:
         self._cache: TtlCache[str, dict[str, Any]] = TtlCache(cache_seconds)
 
     def create(self, principal: str, scopes: Iterable[Scope],
-               ttl_seconds: int = 30 * 24 * 3600) -> tuple[str, dict[str, Any]]:
-        """Mint a token; returns (raw token, public record). The raw token is never stored."""
+               ttl_seconds: int = 30 * 24 * 3600, *,
+               parent: Principal | None = None) -> tuple[str, dict[str, Any]]:
+        """Mint a token; returns (raw token, public record). The raw token is never stored.
+        A token derived from `parent` records the parent's and the root's ids: it is refused
+        once any of them is revoked or gone (see authenticate)."""
         scopes = tuple(scopes)
         if not principal or not isinstance(principal, str) or len(principal) > 256:
             raise InvalidInput("principal must be a non-empty string", field="principal")
@@ -163,6 +177,9 @@ class TokenService:
             "expires_at": now + ttl_seconds,
             "revoked_at": None,
         }
+        if parent is not None:
+            record["parent_token_id"] = parent.token_id
+            record["root_token_id"] = parent.root
         try:
             self._store.transact([
                 Put({"pk": _hash_pk(digest), "sk": "token", **record}),
@@ -191,25 +208,57 @@ class TokenService:
             if item is None:
                 raise Unauthenticated("invalid token")
             self._cache.put(digest, item, read_after=mark)
-        if item.get("revoked_at"):
-            raise Unauthenticated("token revoked", reason="token_revoked")
-        if int(item["expires_at"]) <= int(self._clock()):
-            # a reason of its own: some vendors tell an expired token from an invalid one
-            raise Unauthenticated("token expired", reason="token_expired")
+        self._check_live(item)
+        self._check_ancestors(item)
         return Principal(
             token_id=item["token_id"],
             name=item["principal"],
             scopes=tuple(Scope.from_dict(s) for s in item["scopes"]),
             expires_at=int(item["expires_at"]),
             raw_token=raw,
+            parent_token_id=item.get("parent_token_id") or "",
+            root_token_id=item.get("root_token_id") or "",
         )
+
+    def _check_live(self, item: dict[str, Any]) -> None:
+        """Unauthenticated unless the record is neither revoked nor expired."""
+        if item.get("revoked_at"):
+            raise Unauthenticated("token revoked", reason="token_revoked")
+        if int(item["expires_at"]) <= int(self._clock()):
+            # a reason of its own: some vendors tell an expired token from an invalid one
+            raise Unauthenticated("token expired", reason="token_expired")
+
+    def _check_ancestors(self, item: dict[str, Any]) -> None:
+        """A derived token is refused once an ancestor is revoked, expired or gone. The
+        ancestors' index records go through the same cache as the hash records (keyed by
+        id), so a revocation elsewhere reaches a child within the same `cache_seconds`, and
+        one in this process (which drops the parent's entries) at once."""
+        parent_id = item.get("parent_token_id")
+        for _ in range(MAX_ANCESTORS):
+            if not parent_id:
+                return
+            key = _id_key(parent_id)
+            parent = self._cache.get(key)
+            if parent is None:
+                mark = self._cache.drops()
+                parent = self._store.get(INDEX_PK, parent_id)
+                if parent is None:
+                    raise Unauthenticated("the parent token is gone", reason="token_revoked")
+                self._cache.put(key, parent, read_after=mark)
+            self._check_live(parent)
+            parent_id = parent.get("parent_token_id")
+        raise Unauthenticated("the token's chain of parents is too long")
 
     def derive(self, parent: Principal, scopes: Iterable[Scope] | None,
                ttl_seconds: int) -> tuple[str, dict[str, Any]]:
         """A short-lived token for `parent`'s principal with its scopes, or the narrower
         `scopes` asked (each within one of the parent's: same kind, its ring or any ring when
         the parent's is "*", a subset of its permissions); it never outlives the parent.
-        Forbidden (scope_not_held) for a scope the parent does not hold."""
+        Forbidden (scope_not_held) for a scope the parent does not hold. A derived token
+        derives no further (Forbidden, token_derived): its lifetime and limits hang on the
+        token the operator minted, and a chain of short-lived tokens would only hide that."""
+        if parent.parent_token_id:
+            raise Forbidden("a derived token cannot derive another", reason="token_derived")
         asked = parent.scopes if scopes is None else tuple(scopes)
         for s in asked:
             if not s.perms or not any(
@@ -218,7 +267,7 @@ class TokenService:
                 raise Forbidden("the token does not hold the scope asked",
                                 reason="scope_not_held")
         left = parent.expires_at - int(self._clock())
-        return self.create(parent.name, asked, max(1, min(ttl_seconds, left)))
+        return self.create(parent.name, asked, max(1, min(ttl_seconds, left)), parent=parent)
 
     def list(self) -> list[dict[str, Any]]:
         """Every token's public record (never the hash or the token)."""
@@ -252,8 +301,15 @@ class TokenService:
             except (StoreTransactionCancelled, StoreConditionFailed):
                 continue  # raced with another revoke: look again
             self._cache.drop(index["hash"])
+            # children check this record through the cache (see _check_ancestors)
+            self._cache.drop(_id_key(token_id))
             return _public(updated)
         raise Conflict("token is being changed concurrently; try again")
+
+
+def _id_key(token_id: str) -> str:
+    """The cache key of a token's index record (hash keys are hex digests: no clash)."""
+    return f"id#{token_id}"
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.core.project_keys import PRIVATE, PUBLIC, SECRET, EnvironmentContent
+from chalicelib.core.tokens import ALL_RINGS
 from chalicelib.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,6 +50,15 @@ def check_name(value: object, what: str, *, slash: bool = True) -> str:
         raise InvalidInput(f"the {what} name is invalid: 1 to {MAX_NAME_CHARS} printable "
                            "characters", field=what)
     return str(value)
+
+
+def check_project(value: object) -> str:
+    """A project name (see check_name, never holding "/"), and never "*": that is the
+    scopes' every-ring wildcard, so a project of that name would be every project's."""
+    name = check_name(value, "project", slash=False)
+    if name == ALL_RINGS:
+        raise InvalidInput(f"the project name {ALL_RINGS} is reserved", field="project")
+    return name
 
 
 def _name(value: str) -> str:
@@ -126,10 +136,16 @@ def parse_key(data: dict[str, Any], *, create: bool) -> KeyBody:
     return body
 
 
+def is_pem(text: str) -> bool:
+    """Is a content field a PEM as it is (rather than base64)? The core accepts one only
+    for keys that are PEM structures (PRIVATE_KEY, PUBLIC_KEY, SECRET_KEY RSA)."""
+    return text.lstrip().startswith("-----BEGIN")
+
+
 def content_bytes(text: str, where: str) -> bytes:
     """The material of a content field: base64 of the key (line breaks allowed, as `base64`
     writes it), or a PEM as it is."""
-    if text.lstrip().startswith("-----BEGIN"):
+    if is_pem(text):
         return text.encode("utf-8")  # kept byte for byte: what an environment reads back
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
@@ -150,7 +166,8 @@ def entries(body: KeyBody) -> list[EnvironmentContent] | None:
         where = f"cryptoKeyInfoEnvironmentList[{i}]"
         out.append(EnvironmentContent(
             e.environmentName, e.alias,
-            None if e.content is None else content_bytes(e.content, where)))
+            None if e.content is None else content_bytes(e.content, where),
+            textual=e.content is not None and is_pem(e.content)))
     return out
 
 

@@ -46,6 +46,7 @@ from chalicelib.dialects.apinizer.models import (
     UPDATE_ACTIONS,
     UPDATE_SCOPES,
     check_name,
+    check_project,
     choice,
     entries,
     parse_key,
@@ -92,19 +93,24 @@ def _principal() -> Principal:
 
 def _segment(value: str, what: str) -> str:
     """A project, environment or key name from the path: never one holding "/" (an
-    environment ring is "<project>/<environment>"), see models.check_name."""
+    environment ring is "<project>/<environment>"), see models.check_name; a project never
+    "*" (models.check_project)."""
+    if what == "project":
+        return check_project(value)
     return check_name(value, what, slash=False)
 
 
 def _grant(verb: str, ring: str, *parts: str, variant: str | None = None,
-           principal: Principal | None = None) -> tuple[Grant, ProjectKeys]:
+           principal: Principal | None = None, obj: str | None = None) \
+        -> tuple[Grant, ProjectKeys]:
     """Authenticate (unless `principal` is given) and authorize `verb` on the ring
-    (refusals audited); the grant is remembered so later refusals are audited under it."""
+    (refusals audited under `obj`, by default the ring's `parts`); the grant is remembered
+    so later refusals are audited under it."""
     principal = principal or _principal()
     domain = _domain()
     caller = Caller(principal, request_id(bp.current_request))
     grant = authorize(get_services().audit, caller, KIND, ring, domain.action(verb),
-                      domain.obj(ring, *parts), variant)
+                      obj or domain.obj(ring, *parts), variant)
     return remember_grant(bp.current_request, grant), domain
 
 
@@ -127,12 +133,14 @@ def _key(key: ProjectKey) -> dict[str, Any]:
 
 def _deployment(done: Deployment) -> dict[str, Any]:
     """deploymentResult: every environment the write reached (all of them, or the write
-    failed as a whole and the answer is an error)."""
+    failed as a whole and the answer is an error), those an update undeployed included."""
     verb = "Undeploy" if done.undeploy else "Deploy"
     return {"success": True, "message": f"{verb}ment completed successfully",
             "environmentResults": [{"environmentName": e, "success": True,
                                     "message": f"{verb}ed successfully"}
-                                   for e in done.environments]}
+                                   for e in done.environments] + [
+                {"environmentName": e, "success": True, "message": "Undeployed successfully"}
+                for e in done.undeployed]}
 
 
 def _environment(env: Environment) -> dict[str, Any]:
@@ -269,7 +277,10 @@ def read_material(project: str, environment: str, name: str) -> Response:
     project, environment = _segment(project, "project"), _segment(environment, "environment")
     domain = _domain()
     ring = domain.environment_ring(project, environment)
-    grant, domain = _grant("key.material", ring, "keys", name, principal=principal)
+    # a refusal is audited under the object a read is (the environment's ring is not a
+    # project of its own)
+    grant, domain = _grant("key.material", ring, principal=principal,
+                           obj=domain.material_obj(project, environment, name))
     name = _segment(name, "key")
     key, data = domain.material(grant, project, environment, name)
     alias = next((e.alias for e in key.environments if e.environment == environment), None)
