@@ -56,6 +56,7 @@ from chalicelib.core.records import (
     retry,
     scan,
 )
+from chalicelib.core.rings import RingDomain
 from chalicelib.core.tenant_keys import new_key_id
 from chalicelib.core.tokens import Caller, Scope, TokenService
 from chalicelib.errors import (
@@ -256,7 +257,7 @@ def _one_algorithm(key_type: str, algorithm: str | None,
 
 # ---- the domain ----------------------------------------------------------------------------
 
-class ProjectKeys:
+class ProjectKeys(RingDomain):
     """The domain over the process's store, HSM, audit and tokens; one per container."""
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
@@ -276,21 +277,13 @@ class ProjectKeys:
 
     # ---- names ---------------------------------------------------------------------------
 
-    def action(self, verb: str) -> str:
-        """The access/audit action of a verb."""
-        return f"{self.kind.name}.{verb}"
-
-    def obj(self, ring: str, *parts: str) -> str:
-        """An audit object name under the ring."""
-        return object_name("/".join((self.kind.name, ring, *parts)))
+    def pk(self, ring: str) -> str:
+        """The ring's key partition (head, name claims, keys)."""
+        return f"{super().pk(ring)}#keys"
 
     def material_obj(self, ring: str, environment: str, name: str) -> str:
         """The audit object of a material read, granted or refused."""
         return self.obj(ring, "environments", environment, "keys", name)
-
-    def pk(self, ring: str) -> str:
-        """The ring's key partition (head, name claims, keys)."""
-        return f"{self.kind.store_prefix}#{ring}#keys"
 
     def envs_pk(self, ring: str) -> str:
         """The ring's environment partition."""
@@ -339,13 +332,6 @@ class ProjectKeys:
         except MisplacedRecord as exc:
             self._audit.refused(grant.caller, grant.action, obj, exc)
             raise
-
-    def _report(self, grant: Grant, obj: str) -> Callable[[MisplacedRecord], None]:
-        def report(exc: MisplacedRecord) -> None:
-            where = exc.where[1] if exc.where else ""
-            self._audit.refused(grant.caller, grant.action, object_name(f"{obj}/{where}"),
-                                exc)
-        return report
 
     def get(self, grant: Grant, name: str) -> ProjectKey:
         """One key of the grant's ring by name; NotFound if there is none."""
