@@ -207,13 +207,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         settings.dynamodb_table, settings.dynamodb_kms_key,
         log_retention="log_retention_in_days" in stage,
         custom_domain="api_gateway_custom_domain" in stage)
-    text = json.dumps(fragment, indent=2)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
-    return 0
+    return _emit(json.dumps(fragment, indent=2), args.output)
 
 
 def _wrapped_text(path: str) -> str:
@@ -414,9 +408,14 @@ def cmd_openapi(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(REPO_ROOT))
     import app as app_module  # app.py sits at the repository root, beside chalicelib
 
-    text = json.dumps(openapi.build(app_module.app), indent=2, sort_keys=True)
-    if args.output:
-        with open(args.output, "w") as f:
+    return _emit(json.dumps(openapi.build(app_module.app), indent=2, sort_keys=True),
+                 args.output)
+
+
+def _emit(text: str, output: str | None) -> int:
+    """Write a generated document to `output`, or to standard output."""
+    if output:
+        with open(output, "w") as f:
             f.write(text + "\n")
     else:
         print(text)

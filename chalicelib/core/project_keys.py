@@ -64,7 +64,6 @@ from chalicelib.errors import (
     Forbidden,
     InvalidInput,
     InvalidState,
-    MisplacedRecord,
     NotFound,
     StoreConditionFailed,
     StoreTransactionCancelled,
@@ -324,14 +323,6 @@ class ProjectKeys(RingDomain):
         if record is None or record.get("name") != name:
             raise Place(self.pk(ring), CLAIM_PREFIX + name).misplaced("names another key")
         return record, self._view(ring, kid, record)
-
-    def _audited(self, grant: Grant, obj: str, read: Callable[[], Any]) -> Any:
-        """A read that audits only a misplaced record it meets (as a failure)."""
-        try:
-            return read()
-        except MisplacedRecord as exc:
-            self._audit.refused(grant.caller, grant.action, obj, exc)
-            raise
 
     def get(self, grant: Grant, name: str) -> ProjectKey:
         """One key of the grant's ring by name; NotFound if there is none."""

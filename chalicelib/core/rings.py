@@ -1,9 +1,10 @@
 """What every domain over one ring kind names the same way: its actions, its audit objects,
-its partitions, and the audit of a misplaced record met by a list."""
+its partitions, and the audit of a misplaced record met by a read or a list."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, object_name
@@ -27,6 +28,14 @@ class RingDomain:
     def pk(self, ring: str) -> str:
         """The ring's partition."""
         return f"{self.kind.store_prefix}#{ring}"
+
+    def _audited(self, grant: Grant, obj: str, read: Callable[[], Any]) -> Any:
+        """A read that audits only a misplaced record it meets (as a failure)."""
+        try:
+            return read()
+        except MisplacedRecord as exc:
+            self._audit.refused(grant.caller, grant.action, obj, exc)
+            raise
 
     def _report(self, grant: Grant, obj: str) -> Callable[[MisplacedRecord], None]:
         """Audit a misplaced item a list met, under `obj` and the item's sort key."""

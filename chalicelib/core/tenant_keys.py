@@ -53,7 +53,6 @@ from chalicelib.errors import (
     Forbidden,
     InvalidInput,
     InvalidState,
-    MisplacedRecord,
     NotFound,
     StoreTransactionCancelled,
 )
@@ -244,14 +243,6 @@ class TenantKeys(RingDomain):
         return {"pk": self.grants_pk(ring, kid), "sk": USER_PREFIX + user, "ring": ring,
                 "key": kid, "user": user, "granted_by": by,
                 "granted_at": iso_millis(self._clock())}
-
-    def _audited(self, grant: Grant, obj: str, read: Callable[[], Any]) -> Any:
-        """A read that audits only a misplaced record it meets (as a failure)."""
-        try:
-            return read()
-        except MisplacedRecord as exc:
-            self._audit.refused(grant.caller, grant.action, obj, exc)
-            raise
 
     def get(self, grant: Grant, kid: str) -> TenantKey:
         """One key of the grant's ring; NotFound if there is none."""
