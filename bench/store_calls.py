@@ -71,13 +71,10 @@ def measure(backend: str, n: int, env: dict[str, str]) -> dict[str, dict[str, fl
 
     os.environ.update(env)
     settings = Settings.from_env()
-    svc = services_module.Services.build(settings)
-    counting = CountingStore(svc.store)
-    svc.store = counting  # type: ignore[assignment]
-    svc.tokens._store = counting  # type: ignore[assignment]
-    svc.audit._store = counting  # type: ignore[assignment]
-    svc.audit._batches._store = counting  # type: ignore[assignment]
-    svc.rate._store = counting  # type: ignore[assignment]
+    from chalicelib.store import open_store
+
+    counting = CountingStore(open_store(settings))
+    svc = services_module.Services.build(settings, store=counting)  # type: ignore[arg-type]
     services_module.set_services(svc)
     app = load_app("dev")
     token, _ = svc.tokens.create("bench", [Scope.parse("storedsafe:1:read,write")], 3600)

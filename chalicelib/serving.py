@@ -21,6 +21,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
@@ -119,8 +120,6 @@ class GatewayApp:
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -177,10 +176,6 @@ class _Captured:
 
     def sendall(self, data: bytes) -> None:
         self.data += data
-
-    def send(self, data: bytes) -> int:
-        self.data += data
-        return len(data)
 
 
 def json_error_worker() -> type:

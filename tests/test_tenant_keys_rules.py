@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from chalicelib.core.access import ring_of
+from chalicelib.core.keys import new_key_id
 from chalicelib.core.tenant_keys import (
     GRANTED,
     RING,
@@ -16,7 +17,6 @@ from chalicelib.core.tenant_keys import (
     changed,
     check_granter,
     check_private_use,
-    new_key_id,
     removed,
 )
 from chalicelib.core.tokens import Principal, Scope

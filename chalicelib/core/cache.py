@@ -70,10 +70,3 @@ class TtlCache(Generic[K, V]):
         with self._lock:
             self._drops += 1
             self._items.pop(key, None)
-
-    def drop_where(self, test: Callable[[V], bool]) -> None:
-        """Forget every value `test` is true of (a change found by value, not by key)."""
-        with self._lock:
-            self._drops += 1
-            for key in [k for k, (_, v) in self._items.items() if test(v)]:
-                del self._items[key]

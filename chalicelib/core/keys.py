@@ -10,7 +10,9 @@ ever deleted), so they are cached in-process, bounded, keyed by their place.
 
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 from collections import OrderedDict
 from enum import StrEnum
 
@@ -56,3 +58,11 @@ class VersionCache:
             for ck in [ck for ck in self._items if ck[0] == pk
                        and (below is None or int(ck[1][2:]) < below)]:
                 del self._items[ck]
+
+
+def new_key_id(now: float) -> str:
+    """A UUID version 7: 48 bits of milliseconds, then random bits (sorts by creation)."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((int(now * 1000) & (2**48 - 1)) << 80) | (0x7 << 76) \
+        | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))

@@ -35,10 +35,10 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.core.rings import RingDomain
-from chalicelib.core.tenant_keys import new_key_id
 from chalicelib.errors import (
     Conflict,
     InvalidState,

@@ -43,6 +43,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details, object_name
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import (
     CLAIM_PREFIX,
@@ -57,7 +58,6 @@ from chalicelib.core.records import (
     scan,
 )
 from chalicelib.core.rings import RingDomain
-from chalicelib.core.tenant_keys import new_key_id
 from chalicelib.core.tokens import Caller, Scope, TokenService
 from chalicelib.errors import (
     Conflict,

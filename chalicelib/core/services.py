@@ -34,9 +34,10 @@ class Services:
     _domains_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
-        """Open the store and the HSM named by settings."""
-        store = open_store(settings)
+    def build(cls, settings: Settings, store: Store | None = None) -> Services:
+        """Open the store and the HSM named by settings (or use `store`: a benchmark's
+        counting wrapper around it)."""
+        store = open_store(settings) if store is None else store
         return cls(settings, store, get_hsm(settings),
                    TokenService(store, cache_seconds=settings.cache_seconds),
                    AuditLog(store, shards=settings.audit_partitions,

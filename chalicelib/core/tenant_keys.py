@@ -30,10 +30,8 @@ functions over state; `TenantKeys` adds the HSM and the store.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +43,7 @@ from chalicelib.core import keyspecs, material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap, generation_cost
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.core.rings import RingDomain
@@ -77,14 +76,6 @@ allow_details("active", "deactivated", "user", "hash", "private_use", "origin")
 def key_not_found() -> NotFound:
     """No such key in this ring (the same answer for a key of another ring)."""
     return NotFound("key not found", reason="key_not_found")
-
-
-def new_key_id(now: float) -> str:
-    """A UUID version 7: 48 bits of milliseconds, then random bits (sorts by creation)."""
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = ((int(now * 1000) & (2**48 - 1)) << 80) | (0x7 << 76) \
-        | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rand & (2**62 - 1))
-    return str(uuid.UUID(int=value))
 
 
 MIN_EXPORT_PASSWORD_CHARS = 12

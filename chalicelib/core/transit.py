@@ -442,8 +442,11 @@ class TransitKeys:
             raise self._blob_failed(key, version) from exc
         return format_ciphertext(version, data)
 
-    def _open(self, key: TransitKey, ciphertext: str) -> tuple[bytes, int]:
-        version, data = parse_ciphertext(ciphertext)
+    def _open(self, key: TransitKey, parsed: tuple[int, bytes] | KeyfrontError) \
+            -> tuple[bytes, int]:
+        if isinstance(parsed, KeyfrontError):
+            raise parsed  # a malformed ciphertext, reported once its key is found
+        version, data = parsed
         if len(data) > self._settings.max_plaintext_bytes + NONCE_BYTES + TAG_BYTES:
             raise LimitExceeded("ciphertext is larger than the largest plaintext allows",
                                 reason="ciphertext_too_large")
@@ -660,8 +663,9 @@ class TransitKeys:
     def decrypt(self, grant: Grant, name: str, ciphertext: str) -> Decrypted:
         """Decrypt; the version comes from the ciphertext prefix."""
         with self._op(grant, "decrypt", name) as op:
-            key = self._require_use(grant.ring, name, _version_of(ciphertext))
-            plaintext, n = self._open(key, ciphertext)
+            parsed = _parsed(ciphertext)
+            key = self._require_use(grant.ring, name, _version_of(parsed))
+            plaintext, n = self._open(key, parsed)
             op.note(key_version=n)
             return Decrypted(plaintext, n, key)
 
@@ -670,9 +674,10 @@ class TransitKeys:
         """Re-encrypt a ciphertext under to_version (default latest); the plaintext never
         leaves the service."""
         with self._op(grant, "rewrap", name) as op:
+            parsed = _parsed(ciphertext)
             key = self._require_use(grant.ring, name,
-                                    max(_version_of(ciphertext) or 0, to_version or 0) or None)
-            plaintext, old = self._open(key, ciphertext)
+                                    max(_version_of(parsed) or 0, to_version or 0) or None)
+            plaintext, old = self._open(key, parsed)
             n = self._pick(key, to_version, "to_version")
             op.note(from_version=old, to_version=n)
             return Encrypted(self._seal(key, n, plaintext), n, key)
@@ -817,13 +822,18 @@ class TransitKeys:
                 raise
 
 
-def _version_of(ciphertext: str) -> int | None:
-    """The key version a ciphertext names, or None if it does not parse (its use fails
-    later with the parser's own error)."""
+def _parsed(ciphertext: str) -> tuple[int, bytes] | KeyfrontError:
+    """The ciphertext parsed once per request: (version, bytes), or the parser's error (raised
+    by `_open` once the key is found, so a missing key is still reported first)."""
     try:
-        return parse_ciphertext(ciphertext)[0]
-    except KeyfrontError:
-        return None
+        return parse_ciphertext(ciphertext)
+    except KeyfrontError as exc:
+        return exc
+
+
+def _version_of(parsed: tuple[int, bytes] | KeyfrontError) -> int | None:
+    """The key version a parsed ciphertext names (None for a malformed one)."""
+    return None if isinstance(parsed, KeyfrontError) else parsed[0]
 
 
 def _exists(name: str) -> Conflict:
