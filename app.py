@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from chalice import Chalice
+from chalice import Chalice, Rate
 
-from chalicelib import admin, logs
+from chalicelib import admin, logs, maintenance
 from chalicelib.dialects import service
 from chalicelib.dialects.aivault import bp as aivault_bp
 from chalicelib.dialects.apinizer import bp as apinizer_bp
@@ -29,3 +29,9 @@ def admin_function(event: dict, context: object) -> dict:
     """Admin events (create-token, revoke-token, list-tokens, health); see chalicelib/admin.py.
     A result that is not ok raises, so the invocation reports a FunctionError."""
     return admin.invoke(event, context=context)
+
+
+@app.schedule(Rate(1, unit=Rate.HOURS), name="maintenance")
+def maintenance_function(event: object, context: object) -> dict:
+    """Scheduled upkeep (chalicelib/maintenance.py); a failed step fails the invocation."""
+    return maintenance.invoke(context)

@@ -12,6 +12,7 @@ Events:
                                                  -> {"ok": true, "environment": {...}}
   {"action": "list-environments", "project": "..."} -> {"ok": true, "environments": [...]}
   {"action": "delete-environment", "project": "...", "name": "..."} -> {"ok": true}
+  {"action": "maintenance", "only"?: "step"}    -> {"ok": bool, "steps": {...}}
   (environments of the Apinizer dialect's projects; an environment with keys deployed to it
   is not deleted)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
@@ -105,9 +106,13 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
             return {"ok": all(v == "ok" for v in checks.values()), "checks": checks}
         if action in ("create-environment", "list-environments", "delete-environment"):
             return _environments(event, svc, action)
+        if action == "maintenance":
+            from chalicelib import maintenance
+
+            return maintenance.run(svc, only=_text(event, "only", required=False))
         raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
-                           "create-environment, list-environments or delete-environment",
-                           field="action")
+                           "create-environment, list-environments, delete-environment or "
+                           "maintenance", field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}
 

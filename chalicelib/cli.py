@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_listen(args.host, args.port)  # a port in use is one error line, not five retries
     load_app(args.stage)  # the app and its routes load here, or the command fails now
     _first_start_token()
+    _maintenance_on_start()
     workers = args.workers or os.cpu_count() or 1
     url = f"http://{args.host}:{args.port}"
 
@@ -40,6 +41,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.host, args.port, stage=args.stage, workers=workers, threads=args.threads,
           access_log=Settings.from_env().access_log, on_ready=ready)
     return 0
+
+
+def _maintenance_on_start() -> None:
+    """Run the scheduled upkeep once before serving (locally nothing else schedules it); a
+    failed step is reported on stderr and does not stop the server."""
+    from chalicelib import maintenance
+
+    result = maintenance.run()
+    if not result["ok"]:
+        print("maintenance on start: " + json.dumps(result["steps"], sort_keys=True),
+              file=sys.stderr)
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Run the scheduled upkeep now (what the `maintenance` Lambda function runs)."""
+    from chalicelib import maintenance
+
+    result = maintenance.run(only=args.only)
+    print(json.dumps(result, sort_keys=True))
+    return 0 if result["ok"] else 1
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -385,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="stage of .chalice/config.json whose variables apply "
                                  "(%(default)s)")
     d.set_defaults(func=cmd_deploy)
+
+    m = sub.add_parser("maintenance", help="scheduled upkeep",
+                       description="What the scheduled `maintenance` Lambda function runs.")
+    msub = m.add_subparsers(dest="maintenance_cmd", required=True, metavar="ACTION")
+    mr = msub.add_parser("run", help="run every step now (or one, --only STEP)",
+                         description="Run the upkeep steps now; prints their summaries.")
+    mr.add_argument("--only", default=None, help="run only this step")
+    mr.set_defaults(func=cmd_maintenance)
 
     o = sub.add_parser("openapi", help="write the OpenAPI 3.1 description of every route",
                        description="Print or write what GET /openapi.json serves.")

@@ -25,7 +25,8 @@ from chalicelib.core.kinds import KINDS
 LAMBDA_RUNTIME = "python3.11"
 # API Gateway gives up on an integration after 29 s; the handler must answer before that.
 API_GATEWAY_TIMEOUT_SECONDS = 29
-FUNCTIONS = {"api": "APIHandler", "admin": "Admin"}  # role -> Chalice's logical id
+FUNCTIONS = {"api": "APIHandler", "admin": "Admin",
+             "maintenance": "Maintenance"}  # role -> Chalice's logical id
 
 # Store partitions (the item's `pk`) by owner. Ring kinds own `<store_prefix>#...`.
 TOKEN_PARTITIONS = ("token#*", "tokens")  # hashed token records and the token index
@@ -55,13 +56,18 @@ def ring_partitions() -> tuple[str, ...]:
 
 
 def partitions(role: str) -> dict[str, tuple[str, ...]]:
-    """{"read": patterns, "write": patterns} of the partitions `role` ("api", "admin") uses."""
+    """{"read": patterns, "write": patterns} of the partitions `role` uses ("api", "admin",
+    "maintenance")."""
     if role == "api":
         owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
         owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS
+        return {"read": owned, "write": owned}
+    if role == "maintenance":
+        # scheduled upkeep changes keys of every ring kind and audits what it did
+        owned = ring_partitions() + AUDIT_PARTITIONS
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 
