@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind, authorize, ring_of
@@ -31,8 +31,10 @@ from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, Ro
 from chalicelib.core.tokens import Caller, Principal
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
 from chalicelib.formats.algorithms import signing_alg
-from chalicelib.hsm import Hsm
 from chalicelib.store import Store
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 RING_SIGNING_ALG = "RS256"  # a ring's own signing keys: RSA-2048 / RS256
 _RING_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$")
