@@ -12,7 +12,7 @@ version, fail optimistic writes made against it and invalidate the caches of eve
 
     pk "usage#{kind}#{ring}"    sk "key#{key id}"    {uses: {verb: epoch ms}, name, ...}
 
-It is keyed by the key's id (StoredSafe's object id per incarnation, the other domains' key
+It is keyed by the key's id (a transit key's object id per incarnation, the other domains' key
 ids), never its name, so a key made again under a deleted key's name starts unused. The last
 time of each verb only moves forward: a write merges (maximum per verb) with what is stored
 and is conditional on the version read (records.retry), so a slower writer in another
