@@ -124,8 +124,7 @@ class Gateway:
         return admin.handle(event, self.svc)
 
 
-@pytest.fixture
-def gw(store, settings) -> Iterator[Gateway]:
+def _gateway(store: Any, settings: Any) -> Iterator[Gateway]:
     counting = UsageCalls(store)
     svc = Services.build(dataclasses.replace(settings, usage_flush_seconds=FLUSH,
                                              delete_guard_seconds=GUARD), store=counting)
@@ -134,6 +133,18 @@ def gw(store, settings) -> Iterator[Gateway]:
         yield Gateway(svc, counting)
     finally:
         set_services(None)
+
+
+@pytest.fixture
+def gw(store, settings) -> Iterator[Gateway]:
+    """The served app on each store in turn."""
+    yield from _gateway(store, settings)
+
+
+@pytest.fixture
+def sqlite_gw(sqlite_store, settings) -> Iterator[Gateway]:
+    """The served app on a SQLite file (which the console script can open as well)."""
+    yield from _gateway(sqlite_store, settings)
 
 
 def _ms(t: float) -> int:
@@ -419,3 +430,35 @@ def test_a_failed_usage_write_fails_no_request(gw, caplog):
     assert (gw.counting.calls["get"], gw.counting.writes()) == (2, 2)
     objectid = ss("GET", "keys/k")[1]["KEYS"][0]["objectid"]
     assert usage.last("storedsafe", "31", objectid).uses == {"encrypt": _ms(T0 + FLUSH)}
+
+
+def test_console_script_shows_usage_and_forces_a_delete(sqlite_gw, tmp_path):
+    """`keyfront keys usage|delete` on the store the served app wrote (SQLite: a file the
+    console script opens too)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gw = sqlite_gw
+    ss = _ss(gw, "41")
+    assert ss("POST", "keys/k", {})[0] == 201
+    assert ss("POST", "encrypt/k", {"plaintext": base64.b64encode(b"x").decode()})[0] == 200
+    env = {**os.environ, "KEYFRONT_STORE": "sqlite",
+           "KEYFRONT_SQLITE_PATH": str(tmp_path / "store.sqlite3"),
+           "KEYFRONT_DELETE_GUARD_SECONDS": str(GUARD)}
+    keyfront = [sys.executable, "-m", "chalicelib.cli", "keys"]
+    repo = Path(__file__).resolve().parent.parent
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*keyfront, *args], env=env, cwd=repo, capture_output=True,
+                              text=True, timeout=60)
+    shown = run("usage", "storedsafe", "41", "k")
+    assert shown.returncode == 0, shown.stderr
+    use = json.loads(shown.stdout)["usage"]
+    assert [(u["name"], u["last_used_for"]) for u in use] == [("k", "encrypt")]
+    # used "now" on the test's clock (in the future of the console script's): refused
+    refused = run("delete", "storedsafe", "41", "k")
+    assert refused.returncode == 1 and "used" in refused.stderr, refused.stderr
+    forced = run("delete", "storedsafe", "41", "k", "--force")
+    assert forced.returncode == 0 and json.loads(forced.stdout) == {"ok": True}, forced.stderr
+    assert ss("GET", "keys/k")[0] == 404
