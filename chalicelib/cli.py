@@ -160,6 +160,21 @@ def cmd_apinizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """A key's last use, or the admin delete of a key, through the admin function's code."""
+    event: dict[str, Any] = {"action": "key-usage" if args.keys_cmd == "usage"
+                             else "delete-key", "kind": args.kind, "ring": args.ring}
+    if args.id is not None:
+        event["id"] = args.id
+    if args.keys_cmd == "delete":
+        event["force"] = args.force
+    result = _admin(event)
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_hsm_init(args: argparse.Namespace) -> int:
     """Create the KEK and the bind key on the configured token if absent."""
     from chalicelib.hsm.bootstrap import ensure_keys
@@ -362,6 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--project", required=True, help="the project")
     ed.add_argument("--name", required=True, help="the environment's name")
     ap.set_defaults(func=cmd_apinizer)
+
+    k = sub.add_parser("keys", help="keys of every dialect: last use, admin delete",
+                       description="Keys of every dialect, by kind, ring and the key's "
+                                   "vendor identifier (AI-VAULT PSKs: psk/NAME).")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    ku = ksub.add_parser("usage", help="when a key was last used, and for what",
+                         description="The last use of a key, or of every key of the ring "
+                                     "with a recorded use (deleted keys' too, by key id).")
+    kd = ksub.add_parser("delete", help="delete a key as its vendor's API does",
+                         description="The vendor's delete of a key, run by the admin "
+                                     "principal; --force overrides the delete guard "
+                                     "(KEYFRONT_DELETE_GUARD_SECONDS).")
+    for kp, id_help in ((ku, "the key (default: every key of the ring)"), (kd, "the key")):
+        kp.add_argument("kind", choices=sorted(PERMISSIONS), help="the ring kind")
+        kp.add_argument("ring", help="the ring (vault, tenant, domain, project)")
+        kp.add_argument("id", nargs="?" if kp is ku else None, help=id_help)
+    kd.add_argument("--force", action="store_true",
+                    help="delete although the key was used within the guard's window")
+    k.set_defaults(func=cmd_keys)
 
     h = sub.add_parser("hsm", help="HSM set-up",
                        description="Set up the HSM token named by the settings.")
