@@ -33,6 +33,7 @@ FUNCTIONS = {"api": "APIHandler", "admin": "Admin",
 TOKEN_PARTITIONS = ("token#*", "tokens")  # hashed token records and the token index
 AUDIT_PARTITIONS = ("audit#*",)
 RATE_PARTITIONS = ("rate#*",)
+USAGE_PARTITIONS = ("usage#*",)  # the last use of each key (core/usage.py)
 
 # Actions on items (a transaction is authorised item by item under these same actions).
 _ITEM_READ = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem")
@@ -60,15 +61,17 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
     """{"read": patterns, "write": patterns} of the partitions `role` uses ("api", "admin",
     "maintenance")."""
     if role == "api":
-        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS
+        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + USAGE_PARTITIONS
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
-        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS
+        # tokens; and the keys of every ring kind: the operator's forced delete, restore
+        # and rotation settings run the domains' own code under the admin principal
+        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS + ring_partitions() + USAGE_PARTITIONS
         return {"read": owned, "write": owned}
     if role == "maintenance":
         # scheduled upkeep changes keys of every ring kind and audits what it did
-        owned = ring_partitions() + AUDIT_PARTITIONS
+        owned = ring_partitions() + AUDIT_PARTITIONS + USAGE_PARTITIONS
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 

@@ -182,7 +182,7 @@ def test_api_role_cannot_write_tokens():
     for kind in KINDS.values():
         assert _covered(f"{kind.store_prefix}#ring-1#keys", api)
     assert _covered("audit#2026-12-02", api) and _covered("rate#tok", api)
-    assert not _covered("auth0#x", _writes("admin"))
+    assert _covered("usage#storedsafe#7", api)
 
 
 def test_every_partition_the_admin_function_writes_is_its_own(tmp_path, settings):
