@@ -73,6 +73,7 @@ from chalicelib.formats.key_backup import (
     wrapped_to_json,
 )
 from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm.labels import kek_label
 from chalicelib.store import Op, Put, Store, Update
 
 log = logging.getLogger("keyfront.transit")
@@ -283,7 +284,9 @@ class TransitKeys:
         self._audit = audit
         self._settings = settings
         self._clock = clock
-        self._versions = VersionCache()
+        # version blobs under an older KEK only for the cache bound (a KEK roll replaces them)
+        self._versions = VersionCache(current_kek=kek_label(settings),
+                                      seconds=settings.cache_seconds)
         # Key records for key use (encrypt, decrypt, rewrap, data keys), for the settings'
         # bound; every other operation on a key drops its entry in this process.
         self._records: TtlCache[tuple[str, str], TransitKey] = TtlCache(settings.cache_seconds)

@@ -20,9 +20,9 @@ from chalicelib.errors import StoreConditionFailed, StoreTransactionCancelled, U
 from chalicelib.store._items import (
     CONDITION_FAILED,
     check_key,
+    check_limit,
     check_ops,
     check_query,
-    check_limit,
     decode_cursor,
     decode_scan_cursor,
     encode_cursor,
