@@ -26,7 +26,7 @@ from chalicelib.errors import (
     StoreTransactionCancelled,
     Unavailable,
 )
-from chalicelib.store import Check, Delete, Page, Put, Store, Update, open_store
+from chalicelib.store import Check, Delete, Page, Put, Store, Update, cursor_past, open_store
 
 CCF = "ConditionalCheckFailed"
 REPO = Path(__file__).resolve().parent.parent
@@ -342,6 +342,18 @@ def scan_everything_from(store: Store, cursor: str | None, limit: int) -> list[P
         pages.append(page)
         cursor = page.cursor
     return pages
+
+
+def test_scan_all_skips_a_whole_partition_from_cursor_past(store: Store) -> None:
+    for pk in ("a", "b", "c", "d"):
+        for i in range(5):
+            store.put_if_absent({"pk": pk, "sk": f"{i}" * (i + 1)})
+    order = [(i["pk"], i["sk"]) for p in scan_everything(store, 100) for i in p.items]
+    for pk in ("a", "b", "c", "d"):
+        after = [(i["pk"], i["sk"])
+                 for p in scan_everything_from(store, cursor_past(pk), 3) for i in p.items]
+        last = max(n for n, key in enumerate(order) if key[0] == pk)
+        assert after == order[last + 1:], pk
 
 
 def test_scan_all_of_an_empty_store_and_bad_arguments(store: Store) -> None:

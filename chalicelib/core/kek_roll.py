@@ -9,6 +9,9 @@ back with `update_if_version`: a live write in between wins, and the item is rea
 redone (`records.retry`). Items without blobs, or with every blob under N already, are not
 written.
 
+Partitions that never hold a blob (`NO_BLOBS`: the audit log) are passed over whole, with
+a cursor past them: a live day's audit partition grows with the traffic.
+
 Batched and resumable: the scan cursor and the counts live in a progress item of their own
 (`kek-roll` / `v<N>`), written with each batch's audit record in one transaction, so a run
 stopped anywhere continues from the last batch; a batch redone finds its blobs under N
@@ -49,12 +52,15 @@ from chalicelib.errors import (
 )
 from chalicelib.hsm import Hsm, WrappedKey
 from chalicelib.hsm.labels import kek_label
-from chalicelib.store import Item, Put, Store, Update
+from chalicelib.store import Item, Page, Put, Store, Update, cursor_past
 
 PROGRESS_PK = "kek-roll"  # deploy.KEK_ROLL_PARTITIONS: the admin function writes it
 MAX_PROBLEMS = 100  # places kept in the progress and in a check's answer
 WRAPPED_FIELDS = frozenset(WrappedKey.__dataclass_fields__)
 MAX_VERSION = 10**9 - 1  # a KEK label's version has at most 9 digits (hsm.labels)
+# Partitions passed over whole: audit records hold allow-listed details only (never a key),
+# and a live day's partition grows with the traffic, so a scan through it would chase it.
+NO_BLOBS = ("audit#",)
 
 allow_details("items", "rewritten", "rewrapped", "current", "failed", "done",
               "kek_version")
@@ -238,14 +244,14 @@ class KekRoll:
             status, expected = RollStatus.from_item(item), item["version"]
         left = max_items
         while left is None or left > 0:
-            page = self._store.scan_all(status.cursor,
-                                        limit=PAGE if left is None else min(PAGE, left))
+            items, cursor = self._page(status.cursor,
+                                       PAGE if left is None else min(PAGE, left))
             batch = Counts()
-            for found in page.items:
+            for found in items:
                 batch.add(self._roll_item(found, version, status, principal))
             status.counts.add(batch)
-            status.cursor = page.cursor
-            status.done = page.cursor is None
+            status.cursor = cursor
+            status.done = cursor is None
             if status.done:
                 status.finished_at = int(self._clock())
             action = "kek.rewrap.finish" if status.done else "kek.rewrap.batch"
@@ -258,10 +264,19 @@ class KekRoll:
                                "again to continue", reason="busy") from exc
             expected += 1
             if left is not None:
-                left -= len(page.items)
+                left -= max(1, len(items))  # a partition passed over counts as one
             if status.done:
                 break
         return status
+
+    def _page(self, cursor: str | None, limit: int) -> tuple[list[Item], str | None]:
+        """The next items of the whole-store scan and the cursor after them; at the first
+        item of a NO_BLOBS partition the page ends with a cursor past that partition."""
+        page: Page = self._store.scan_all(cursor, limit=limit)
+        for n, item in enumerate(page.items):
+            if str(item["pk"]).startswith(NO_BLOBS):
+                return page.items[:n], cursor_past(str(item["pk"]))
+        return page.items, page.cursor
 
     def _roll_item(self, item: Item, version: int, status: RollStatus,
                    principal: str) -> Counts:
@@ -343,13 +358,13 @@ class KekRoll:
                 "done": others == 0, "places": stale}
 
     def _everything(self) -> Iterator[Item]:
+        """Every item that may hold blobs (NO_BLOBS partitions passed over)."""
         cursor = None
         while True:
-            page = self._store.scan_all(cursor, limit=PAGE)
-            yield from page.items
-            if page.cursor is None:
+            items, cursor = self._page(cursor, PAGE)
+            yield from items
+            if cursor is None:
                 return
-            cursor = page.cursor
 
     def destroy(self, version: object, *, principal: str) -> list[str]:
         """Destroy the KEK and bind key of `version` on the token (the labels destroyed):

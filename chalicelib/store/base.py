@@ -79,7 +79,8 @@ class Store(ABC):
     def scan_all(self, cursor: str | None = None, *, limit: int = 100) -> Page:
         """Every item of the store, a page at a time (SQLite: in (pk, sk) order; DynamoDB:
         in its Scan order); each cursor resumes after the last item of its page, whatever
-        was written or deleted meanwhile. For whole-store maintenance, never a request."""
+        was written or deleted meanwhile, and `cursor_past(pk)` after a whole partition.
+        For whole-store maintenance, never a request."""
 
     @abstractmethod
     def put_if_absent(self, item: Item) -> Item:
