@@ -321,3 +321,21 @@ def test_admin_events_and_cli(settings, store, monkeypatch, capsys):
     assert "never destroyed" in capsys.readouterr().err
     assert cli.main(["hsm", "destroy-kek", "--version", "1"]) == 0
     assert "-kek-v1" in capsys.readouterr().out
+
+
+def test_the_version_cache_keeps_a_blob_under_an_older_kek_for_the_cache_bound_only():
+    from chalicelib.core.keys import VersionCache
+
+    now = [100.0]
+    cache = VersionCache(current_kek="kek-v2", seconds=1.0, clock=lambda: now[0])
+    blob = {f: None for f in WrappedKey.__dataclass_fields__}
+    old = WrappedKey(**{**blob, "kek_label": "kek-v1"})  # type: ignore[arg-type]
+    new = WrappedKey(**{**blob, "kek_label": "kek-v2"})  # type: ignore[arg-type]
+    cache.put("p", "v#1", old)
+    cache.put("p", "v#2", new)
+    assert cache.get("p", "v#1") is old and cache.get("p", "v#2") is new
+    now[0] += 1.0  # the bound passed: the rolled blob is read again from the store
+    assert cache.get("p", "v#1") is None and cache.get("p", "v#2") is new
+    off = VersionCache(current_kek="kek-v2", seconds=0)
+    off.put("p", "v#1", old)
+    assert off.get("p", "v#1") is None

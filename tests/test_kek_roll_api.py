@@ -352,6 +352,7 @@ def test_every_dialect_survives_a_kek_roll_under_live_traffic(server_env, tmp_pa
     # the operator: KEYFRONT_KEK_VERSION=2, `keyfront hsm init`, deploy (here: restart)
     srv = serve(backend, {**env, "KEYFRONT_KEK_VERSION": "2"}, tmp_path)
     svc = srv.services
+    data.ss = SS(srv, data.ss.vault, token=data.ss.token)  # the same client, new server
     try:
         check = admin.handle({"action": "rewrap-check", "to_version": 2}, svc)
         assert check["ok"] and check["other_kek"] == len(blobs) and not check["done"]
