@@ -339,3 +339,35 @@ def test_the_version_cache_keeps_a_blob_under_an_older_kek_for_the_cache_bound_o
     off = VersionCache(current_kek="kek-v2", seconds=0)
     off.put("p", "v#1", old)
     assert off.get("p", "v#1") is None
+
+
+class Interfering:
+    """The real store, with a live writer that changes an item just before the roll's first
+    conditional write of it (the race the roll must redo, made deterministic)."""
+
+    def __init__(self, store: Store, pk: str, sk: str) -> None:
+        self._store, self._key, self.interfered = store, (pk, sk), 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def update_if_version(self, item: dict[str, Any], expected_version: int) -> Any:
+        if (item["pk"], item["sk"]) == self._key and not self.interfered:
+            self.interfered += 1
+            live = self._store.get(*self._key)
+            self._store.update_if_version({**live, "name": "renamed meanwhile"},
+                                          live["version"])
+        return self._store.update_if_version(item, expected_version)
+
+
+def test_a_live_write_between_read_and_write_is_kept_and_the_item_redone(settings, store):
+    seeded = Seeded(settings, store)
+    ensure_keys(seeded.s2)
+    racing = Interfering(store, "miarec#t", "key#k1")
+    roll = KekRoll(racing, Hsm(seeded.s2), AuditLog(store), seeded.s2)  # type: ignore[arg-type]
+    status = roll.run(2, principal="t")
+    assert racing.interfered == 1 and status.done and status.counts.rewrapped == 4
+    item = store.get("miarec#t", "key#k1")
+    assert item["name"] == "renamed meanwhile" and item["version"] == 3  # both writes kept
+    assert item["wrapped"]["kek_label"] == seeded.s2.kek_label_prefix + "-v2"
+    assert WrappedKey.from_dict(item["wrapped"]).public_der == seeded.rsa.public_der

@@ -24,7 +24,7 @@ or its KEK version unknown), one that is malformed, and one whose context names 
 ring kind or ring than the partition it is found in (copied between rings). A blob copied
 within its ring keeps its own context, so a roll never makes it valid where it was copied.
 
-Caches: a process may hold a blob it read before the roll (StoredSafe's version cache keeps
+Caches: a process may hold a blob it read before the roll (the transit keys' version cache keeps
 a blob under an older KEK for `cache_seconds` only); the old KEK must exist until that bound
 has passed after the roll finished. `destroy` refuses while any blob names the KEK (a full
 check), and always for the configured version.
