@@ -216,11 +216,6 @@ class KekRoll:
                                "it first (keyfront hsm init)")
         return version
 
-    def status(self, to_version: int) -> RollStatus | None:
-        """The stored progress of the roll to `to_version`, or None."""
-        item = self._store.get(PROGRESS_PK, progress_sk(check_version(to_version)))
-        return None if item is None else RollStatus.from_item(item)
-
     def run(self, to_version: object, *, max_items: int | None = None,
             principal: str) -> RollStatus:
         """Continue (or start) the roll to `to_version` for at most `max_items` items
@@ -234,11 +229,9 @@ class KekRoll:
         item = self._store.get(PROGRESS_PK, progress_sk(version))
         if item is None or item.get("done"):
             status = RollStatus(to_version=version, started_at=int(self._clock()))
-            with self._audit.operation(None, "kek.rewrap.start", obj,
-                                       principal=principal) as op:
-                op.note(to_version=version)
-                fresh = status.item()
-                op.commit([Put(fresh) if item is None else Update(fresh, item["version"])])
+            fresh = status.item()
+            self._progress("kek.rewrap.start", obj, principal, {"to_version": version},
+                           Put(fresh) if item is None else Update(fresh, item["version"]))
             expected = 1 if item is None else item["version"] + 1
         else:
             status, expected = RollStatus.from_item(item), item["version"]
@@ -254,20 +247,27 @@ class KekRoll:
             status.done = cursor is None
             if status.done:
                 status.finished_at = int(self._clock())
-            action = "kek.rewrap.finish" if status.done else "kek.rewrap.batch"
-            try:
-                with self._audit.operation(None, action, obj, principal=principal) as op:
-                    op.note(to_version=version, done=status.done, **asdict(batch))
-                    op.commit([Update(status.item(), expected)])
-            except StoreTransactionCancelled as exc:
-                raise Conflict("another run of this KEK roll moved its progress; run it "
-                               "again to continue", reason="busy") from exc
+            self._progress("kek.rewrap.finish" if status.done else "kek.rewrap.batch", obj,
+                           principal, {"to_version": version, "done": status.done,
+                                       **asdict(batch)}, Update(status.item(), expected))
             expected += 1
             if left is not None:
                 left -= max(1, len(items))  # a partition passed over counts as one
             if status.done:
                 break
         return status
+
+    def _progress(self, action: str, obj: str, principal: str, details: dict[str, Any],
+                  write: Put | Update) -> None:
+        """Write the progress item with its audit record, in one transaction; Conflict
+        (busy) when another run of the roll moved it meanwhile."""
+        try:
+            with self._audit.operation(None, action, obj, principal=principal) as op:
+                op.note(**details)
+                op.commit([write])
+        except StoreTransactionCancelled as exc:
+            raise Conflict("another run of this KEK roll moved its progress; run it again "
+                           "to continue", reason="busy") from exc
 
     def _page(self, cursor: str | None, limit: int) -> tuple[list[Item], str | None]:
         """The next items of the whole-store scan and the cursor after them; at the first
