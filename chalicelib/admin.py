@@ -24,6 +24,13 @@ Events:
                                                  -> {"ok": true}
   (the vendor's own delete of that key under the admin principal; `force` overrides the
   delete guard, KEYFRONT_DELETE_GUARD_SECONDS)
+  {"action": "rewrap", "to_version": N, "max_items": 1000}
+                                                 -> {"ok": true, "done": bool, "status": {...}}
+  (one bounded run of the KEK roll to version N, the configured one; invoke again until done)
+  {"action": "rewrap-check", "to_version": N}    -> {"ok": true, "done": bool, "blobs": {...},
+                                                     "other_kek": n, "places": [...], ...}
+  {"action": "destroy-kek", "version": M}        -> {"ok": true, "destroyed": [labels]}
+  (refused while a stored blob names KEK M, and for the configured version)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
 invocation (see `invoke`), so `aws lambda invoke` reports a FunctionError.
 """
@@ -46,6 +53,8 @@ ADMIN_PRINCIPAL = "admin-function"
 # environment names: what a path segment and the ring "<project>/<environment>" carry safely
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_TEXT = 1024
+# items one `rewrap` event reads at most: a bounded run well within the function's timeout
+DEFAULT_REWRAP_ITEMS = 1000
 
 
 def _text(event: dict[str, Any], field: str, *, required: bool = True) -> str | None:
@@ -173,6 +182,22 @@ def _kind(event: dict[str, Any]) -> str:
     return str(kind)
 
 
+def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
+    """The KEK roll events: one bounded run, a check, the destruction of an old KEK."""
+    from chalicelib.core.kek_roll import KekRoll
+
+    roll = KekRoll(svc.store, svc.hsm, svc.audit, svc.settings)
+    if action == "destroy-kek":
+        return {"ok": True, "destroyed": roll.destroy(event.get("version"),
+                                                      principal=ADMIN_PRINCIPAL)}
+    if action == "rewrap-check":
+        return {"ok": True, **roll.check(event.get("to_version"))}
+    status = roll.run(event.get("to_version"),
+                      max_items=event.get("max_items", DEFAULT_REWRAP_ITEMS),
+                      principal=ADMIN_PRINCIPAL)
+    return {"ok": True, "done": status.done, "status": status.as_dict()}
+
+
 def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
     """Run one admin event; never raises for bad input (the error is in the result)."""
     try:
@@ -211,9 +236,12 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
             return _key_usage(event, svc, rid)
         if action == "delete-key":
             return _delete_key(event, svc, rid)
+        if action in ("rewrap", "rewrap-check", "destroy-kek"):
+            return _kek(event, svc, action)
         raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
                            "create-environment, list-environments, delete-environment, "
-                           "maintenance, key-usage or delete-key", field="action")
+                           "maintenance, key-usage, delete-key, rewrap, rewrap-check or "
+                           "destroy-kek", field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}
 

@@ -175,13 +175,42 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_hsm_init(args: argparse.Namespace) -> int:
-    """Create the KEK and the bind key on the configured token if absent."""
+def cmd_hsm(args: argparse.Namespace) -> int:
+    """HSM set-up: create the KEK and the bind key on the configured token if absent; roll
+    the stored blobs to a KEK version (or check them); destroy an old KEK version."""
+    if args.hsm_cmd == "rewrap":
+        return _rewrap(args)
+    if args.hsm_cmd == "destroy-kek":
+        result = _admin({"action": "destroy-kek", "version": args.version})
+        if not result.get("ok"):
+            return _fail(result.get("message", "failed"))
+        print(json.dumps(result, sort_keys=True))
+        return 0
     from chalicelib.hsm.bootstrap import ensure_keys
 
     created = ensure_keys(Settings.from_env())
     print(json.dumps({"created": created}))
     return 0
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    """`hsm rewrap`: bounded runs of the admin event until the pass is done (one JSON line
+    per run), or with --check one full check that changes nothing (status 1 while blobs
+    remain under other KEKs)."""
+    if args.check:
+        result = _admin({"action": "rewrap-check", "to_version": args.to_version})
+        if not result.get("ok"):
+            return _fail(result.get("message", "failed"))
+        print(json.dumps(result, sort_keys=True))
+        return 0 if result["done"] else 1
+    while True:
+        result = _admin({"action": "rewrap", "to_version": args.to_version,
+                         "max_items": args.max_items})
+        if not result.get("ok"):
+            return _fail(result.get("message", "failed"))
+        print(json.dumps(result, sort_keys=True), flush=True)
+        if result["done"]:
+            return 1 if result["status"]["counts"]["failed"] else 0
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -403,7 +432,26 @@ def build_parser() -> argparse.ArgumentParser:
     hsub.add_parser("init", help="create the KEK and bind key if absent",
                     description="Create the KEK (KEYFRONT_KEK_VERSION) and the bind key on "
                                 "the token if they are absent.")
-    h.set_defaults(func=cmd_hsm_init)
+    hr = hsub.add_parser("rewrap", help="re-wrap every stored key blob under a KEK version",
+                         description="Re-wrap every stored key blob under KEK version N "
+                                     "(KEYFRONT_KEK_VERSION must be N and its KEK exist), "
+                                     "in bounded, resumable runs until the pass is done; "
+                                     "exit status 1 if blobs were reported and left.")
+    hr.add_argument("--to-version", dest="to_version", type=int, required=True,
+                    help="the KEK version N")
+    hr.add_argument("--check", action="store_true",
+                    help="change nothing: count the blobs by KEK and list those not under N "
+                         "(exit status 1 while any remain)")
+    hr.add_argument("--max-items", dest="max_items", type=int, default=1000,
+                    help="items one run reads (%(default)s); runs repeat until done")
+    hd = hsub.add_parser("destroy-kek", help="destroy an old KEK version once no blob uses it",
+                         description="Destroy the KEK and bind key of version M: refused "
+                                     "while any stored blob names it (a full check), and for "
+                                     "the configured version. Wait KEYFRONT_CACHE_SECONDS "
+                                     "after the roll finished first.")
+    hd.add_argument("--version", dest="version", type=int, required=True,
+                    help="the KEK version M")
+    h.set_defaults(func=cmd_hsm)
 
     av = sub.add_parser("aivault", help="AI-VAULT master-key files",
                         description="Open what the AI-VAULT dialect hands out.")

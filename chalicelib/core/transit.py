@@ -74,6 +74,7 @@ from chalicelib.formats.key_backup import (
     wrapped_to_json,
 )
 from chalicelib.hsm import WrappedKey
+from chalicelib.hsm.labels import kek_label
 from chalicelib.store import Op, Put, Store, Update
 
 if TYPE_CHECKING:
@@ -289,7 +290,9 @@ class TransitKeys:
         self._clock = clock
         # last use per key incarnation (its objectid), written coalesced
         self.usage = usage or KeyUsage(store, settings, clock)
-        self._versions = VersionCache()
+        # version blobs under an older KEK only for the cache bound (a KEK roll replaces them)
+        self._versions = VersionCache(current_kek=kek_label(settings),
+                                      seconds=settings.cache_seconds)
         # Key records for key use (encrypt, decrypt, rewrap, data keys), for the settings'
         # bound; every other operation on a key drops its entry in this process.
         self._records: TtlCache[tuple[str, str], TransitKey] = TtlCache(settings.cache_seconds)
