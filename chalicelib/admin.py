@@ -13,6 +13,15 @@ Events:
   {"action": "list-environments", "project": "..."} -> {"ok": true, "environments": [...]}
   {"action": "delete-environment", "project": "...", "name": "..."} -> {"ok": true}
   {"action": "maintenance", "only"?: "step"}    -> {"ok": bool, "steps": {...}}
+  {"action": "list-deleted", "kind"?, "ring"?}  -> {"ok": true, "deleted": [{kind, ring, id,
+                                                    name, deleted_at, deleted_by, purge_after,
+                                                    due, purging}]}  (never material)
+  {"action": "restore-deleted", "kind", "ring", "id"} -> {"ok": true, "restored": {...}}
+  {"action": "purge-deleted", "all_due": true}  -> {"ok": true, "purged": n, "waiting": m,
+                                                    "failed": [...]}
+  {"action": "purge-deleted", "kind", "ring", "id"} (that one now, due or not)
+  (deleted keys of every dialect, while their deletion window runs; a restore is refused with
+  error "conflict" and a message naming what stands in the way)
   (environments of the Apinizer dialect's projects; an environment with keys deployed to it
   is not deleted)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
@@ -24,9 +33,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 import uuid
 from typing import Any
 
+from chalicelib.core.deleted import Adapter, Bin
+from chalicelib.core.kinds import (
+    KINDS,
+    MASTER_KEYS,
+    PROJECT_KEYS,
+    SIGNING,
+    TENANT_KEYS,
+    TRANSIT,
+)
 from chalicelib.core.services import Services, get_services
 from chalicelib.core.tokens import Scope
 from chalicelib.errors import InvalidInput, KeyfrontError
@@ -76,6 +95,55 @@ def _environments(event: dict[str, Any], svc: Services, action: str) -> dict[str
     return {"ok": True, "environment": dataclasses.asdict(env)}
 
 
+def deletion_adapters(svc: Services) -> dict[str, Adapter]:
+    """The deleted-key adapter of every ring kind: the domains the dialects use, built
+    through the container as the dialects build them."""
+    from chalicelib.dialects.aivault.routes import master_keys
+    from chalicelib.dialects.apinizer.routes import project_keys
+    from chalicelib.dialects.auth0.routes import signing_rings
+    from chalicelib.dialects.miarec.routes import tenant_keys
+    from chalicelib.dialects.storedsafe.routes import transit_keys
+
+    return {TRANSIT: svc.domain(transit_keys), SIGNING: svc.domain(signing_rings),
+            TENANT_KEYS: svc.domain(tenant_keys), MASTER_KEYS: svc.domain(master_keys),
+            PROJECT_KEYS: svc.domain(project_keys)}
+
+
+def deleted_bin(svc: Services) -> Bin:
+    """The deleted-key entries, for the operator's list, restore and purge."""
+    return Bin(svc.store, svc.audit, window_seconds=svc.settings.deletion_window_seconds,
+               attempts=svc.settings.retry_attempts)
+
+
+def _kind(event: dict[str, Any], *, required: bool) -> str | None:
+    kind = _text(event, "kind", required=required)
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput(f"kind is one of {', '.join(sorted(KINDS))}", field="kind")
+    return kind
+
+
+def _deleted(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
+    """The deleted-key events (list, restore, purge)."""
+    bin_ = deleted_bin(svc)
+    now = time.time()
+    if action == "list-deleted":
+        kind = _kind(event, required=False)
+        ring = _text(event, "ring", required=False)
+        if ring is not None and kind is None:
+            raise InvalidInput("a ring is listed within a kind", field="kind")
+        return {"ok": True, "deleted": [d.summary(now) for d in bin_.entries(kind, ring)]}
+    if action == "purge-deleted" and event.get("all_due") is True:
+        return {"ok": True, **bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL)}
+    kind = str(_kind(event, required=True))
+    ring, oid = str(_text(event, "ring")), str(_text(event, "id"))
+    if action == "purge-deleted":
+        return {"ok": True, **bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL,
+                                         kind=kind, ring=ring, oid=oid)}
+    restored = bin_.restore(kind, ring, oid, deletion_adapters(svc)[kind],
+                            principal=ADMIN_PRINCIPAL)
+    return {"ok": True, "restored": restored.summary(now)}
+
+
 def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
     """Run one admin event; never raises for bad input (the error is in the result)."""
     try:
@@ -110,9 +178,12 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
             from chalicelib import maintenance
 
             return maintenance.run(svc, only=_text(event, "only", required=False))
+        if action in ("list-deleted", "restore-deleted", "purge-deleted"):
+            return _deleted(event, svc, action)
         raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
-                           "create-environment, list-environments, delete-environment or "
-                           "maintenance", field="action")
+                           "create-environment, list-environments, delete-environment, "
+                           "maintenance, list-deleted, restore-deleted or purge-deleted",
+                           field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}
 

@@ -160,6 +160,31 @@ def cmd_apinizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Deleted keys of every dialect: list, restore, purge (through the admin function's
+    code)."""
+    event: dict[str, Any]
+    if args.keys_cmd == "deleted":
+        event = {"action": "list-deleted", "kind": args.kind, "ring": args.ring}
+    elif args.keys_cmd == "restore":
+        event = {"action": "restore-deleted", "kind": args.kind, "ring": args.ring,
+                 "id": args.id}
+    elif args.all_due:
+        if args.target:
+            return _fail("give --all-due or KIND RING ID, not both")
+        event = {"action": "purge-deleted", "all_due": True}
+    elif len(args.target) == 3:
+        kind, ring, oid = args.target
+        event = {"action": "purge-deleted", "kind": kind, "ring": ring, "id": oid}
+    else:
+        return _fail("give --all-due or KIND RING ID")
+    result = _admin({k: v for k, v in event.items() if v is not None})
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_hsm_init(args: argparse.Namespace) -> int:
     """Create the KEK and the bind key on the configured token if absent."""
     from chalicelib.hsm.bootstrap import ensure_keys
@@ -356,6 +381,29 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--project", required=True, help="the project")
     ed.add_argument("--name", required=True, help="the environment's name")
     ap.set_defaults(func=cmd_apinizer)
+
+    k = sub.add_parser("keys", help="deleted keys: list, restore, purge",
+                       description="Keys deleted through any dialect wait for the deletion "
+                       "window (KEYFRONT_DELETION_WINDOW_DAYS) before they are purged.")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    kd = ksub.add_parser("deleted", help="list deleted keys (never their material)",
+                         description="List the deleted keys still restorable or due.")
+    kd.add_argument("--kind", help="only this ring kind (" + ", ".join(PERMISSIONS) + ")")
+    kd.add_argument("--ring", help="only this ring (with --kind)")
+    kr = ksub.add_parser("restore", help="restore a deleted key as it was",
+                         description="Restore a deleted key (refused if its name is taken, "
+                         "its ring is full, or what it needs is gone).")
+    kr.add_argument("kind", help="ring kind (" + ", ".join(PERMISSIONS) + ")")
+    kr.add_argument("ring", help="the ring it was deleted from")
+    kr.add_argument("id", help="its id (as `keyfront keys deleted` lists it)")
+    kp = ksub.add_parser("purge", help="destroy deleted keys now",
+                         description="Purge every deleted key past its window (--all-due), "
+                         "or one named by KIND RING ID, due or not.")
+    kp.add_argument("--all-due", dest="all_due", action="store_true",
+                    help="every deleted key past its window")
+    kp.add_argument("target", nargs="*", metavar="KIND RING ID",
+                    help="one deleted key")
+    k.set_defaults(func=cmd_keys)
 
     h = sub.add_parser("hsm", help="HSM set-up",
                        description="Set up the HSM token named by the settings.")

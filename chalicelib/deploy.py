@@ -32,6 +32,7 @@ FUNCTIONS = {"api": "APIHandler", "admin": "Admin",
 TOKEN_PARTITIONS = ("token#*", "tokens")  # hashed token records and the token index
 AUDIT_PARTITIONS = ("audit#*",)
 RATE_PARTITIONS = ("rate#*",)
+DELETED_PARTITIONS = ("deleted",)  # deleted-key entries (core/deleted.py)
 
 # Actions on items (a transaction is authorised item by item under these same actions).
 _ITEM_READ = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem")
@@ -59,15 +60,18 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
     """{"read": patterns, "write": patterns} of the partitions `role` uses ("api", "admin",
     "maintenance")."""
     if role == "api":
-        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS
+        # a delete moves a key into its deleted-key entry
+        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + DELETED_PARTITIONS
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
-        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS
+        # restoring and purging deleted keys writes the rings they belong to
+        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS + ring_partitions() + DELETED_PARTITIONS
         return {"read": owned, "write": owned}
     if role == "maintenance":
-        # scheduled upkeep changes keys of every ring kind and audits what it did
-        owned = ring_partitions() + AUDIT_PARTITIONS
+        # scheduled upkeep changes keys of every ring kind (the purge of deleted keys among
+        # it) and audits what it did
+        owned = ring_partitions() + AUDIT_PARTITIONS + DELETED_PARTITIONS
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 

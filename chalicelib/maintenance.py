@@ -22,7 +22,17 @@ PRINCIPAL = "scheduler"  # the audit principal of scheduled work
 
 # (name, step): step(services, now) -> summary; `now` is epoch seconds
 Step = Callable[[Services, float], dict[str, Any]]
-STEPS: list[tuple[str, Step]] = []
+
+
+def purge(services: Services, now: float) -> dict[str, Any]:
+    """Destroy the deleted keys whose deletion window has passed (core/deleted.py)."""
+    from chalicelib.admin import deleted_bin, deletion_adapters
+
+    return deleted_bin(services).purge(deletion_adapters(services), principal=PRINCIPAL,
+                                       now=now)
+
+
+STEPS: list[tuple[str, Step]] = [("purge", purge)]
 
 
 def run(services: Services | None = None, now: float | None = None,

@@ -35,6 +35,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import Bin, Deleted, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -42,11 +43,12 @@ from chalicelib.core.rings import RingDomain
 from chalicelib.errors import (
     Conflict,
     InvalidState,
+    LimitExceeded,
     NotFound,
     StoreTransactionCancelled,
 )
 from chalicelib.hsm import Hsm, WrappedKey
-from chalicelib.store import Delete, Put, Store, Update
+from chalicelib.store import Op, Put, Store, Update
 
 KEY_PREFIX = "key#"
 SECRET_PREFIX = "secret#"
@@ -165,6 +167,8 @@ class MasterKeys(RingDomain):
         self._scrypt = settings.password_wrap_scrypt
         material.check_wrap_cost(*self._scrypt)  # a bad setting fails here, before any work
         self._clock = clock
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts, clock=clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -287,14 +291,18 @@ class MasterKeys(RingDomain):
         ring, pk = grant.ring, self.pk(grant.ring)
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(ring, "keys", name)) as op:
-            def attempt() -> None:
+            def attempt() -> Deleted:
                 record, key = self._key(ring, name)
                 check_deletable(key)
                 op.note(kid=key.id)
                 head = read_head(self._store, pk)
-                op.commit([head.replaced(key_removed(head.state)),
-                           Delete(pk, KEY_PREFIX + name, int(record["version"]))])
-            retry(attempt, self._attempts, what="the ring")
+                entry = self.bin.entry(self.kind.name, ring, key.id, name,
+                                       grant.caller.principal.name, [record],
+                                       {"what": "keys"})
+                op.commit([head.replaced(key_removed(head.state)), *entry.moved()])
+                return entry
+            entry = retry(attempt, self._attempts, what="the ring")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
 
     def create_secret(self, grant: Grant, *, name: str, key: str, remarks: str,
                       password: str) -> tuple[SharedSecret, str]:
@@ -353,10 +361,51 @@ class MasterKeys(RingDomain):
                 unbound = {k: v for k, v in key_record.items() if k != "version"}
                 unbound["bound"] = None
                 head = read_head(self._store, pk)
+                entry = self.bin.entry(self.kind.name, ring, secret.id, name,
+                                       grant.caller.principal.name, [record],
+                                       {"what": "secrets", "key_id": key_record["id"]})
                 op.commit([head.replaced(secret_removed(head.state)),
-                           Update(unbound, int(key_record["version"])),
-                           Delete(pk, SECRET_PREFIX + name, int(record["version"]))])
-            retry(attempt, self._attempts, what="the ring")
+                           Update(unbound, int(key_record["version"])), *entry.moved()])
+                return entry
+            entry = retry(attempt, self._attempts, what="the ring")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
+
+    # ---- the deleted-key adapter (core/deleted.py) -----------------------------------------
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """A master key back under its name (if free, within the cap); a secret back under
+        its name (if free, within the cap) and bound again to its master key, which must be
+        the same key as before (not a new one of its name) and bound to no other secret."""
+        ring, pk, name = entry.ring, self.pk(entry.ring), entry.name
+        head = read_head(self._store, pk)
+        try:
+            if entry.meta.get("what") == "keys":
+                if self._exists(ring, KEY_PREFIX, name):
+                    raise restore_conflict(f"master key name {name} is taken")
+                return [head.replaced(key_added(head.state, self._max_keys)),
+                        *entry.put_back()]
+            if self._exists(ring, SECRET_PREFIX, name):
+                raise restore_conflict(f"pre-shared secret name {name} is taken")
+            key_name = str(entry.records[0]["key"])
+            key_record = self._store.get(pk, KEY_PREFIX + key_name)
+            if key_record is None or key_record.get("id") != entry.meta.get("key_id"):
+                raise restore_conflict(f"master key {key_name} of the secret is gone")
+            if key_record.get("bound") is not None:
+                raise restore_conflict(f"master key {key_name} is bound to another "
+                                       "pre-shared secret")
+            bound = {k: v for k, v in key_record.items() if k != "version"}
+            bound["bound"] = name
+            return [head.replaced(secret_added(head.state, self._max_secrets)),
+                    Update(bound, int(key_record["version"])), *entry.put_back()]
+        except LimitExceeded as exc:
+            raise restore_conflict(f"the ring is full: {exc.message}") from None
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """Nothing: a master key's or secret's material is in its record (wrapped)."""
+        return 0
+
+    def forget(self, entry: Deleted) -> None:
+        """Nothing is cached in-process."""
 
 
 def _key_name_taken() -> Conflict:

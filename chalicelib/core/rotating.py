@@ -48,6 +48,7 @@ from chalicelib.errors import (
     InvalidState,
     MisplacedRecord,
     NotFound,
+    StoreConditionFailed,
     StoreTransactionCancelled,
 )
 from chalicelib.formats.algorithms import SigningAlg, signing_alg
@@ -440,16 +441,17 @@ class RotatingRings:
             return self._view(ref, head, kid, shredded)
         return retry(attempt, self._attempts, what="the ring")
 
-    def delete_ops(self, ref: RingRef) -> list[Op]:
-        """Operations deleting the ring and its keys (for the owner's deleting transaction).
-
-        The head delete is conditional on its version, so a racing rotation fails one side.
-        """
-        ring = self._store.get(ref.pk, RING_SK)
-        if ring is None:
-            return [Check(ref.pk, RING_SK, None)]
-        return [Delete(ref.pk, RING_SK, int(ring["version"])),
-                *(Delete(ref.pk, it["sk"]) for it in scan(self._store, ref.pk, KEY_SK_PREFIX))]
+    def purge(self, ref: RingRef) -> int:
+        """Delete the ring's keys, then its head, one by one (its owner is gone for good:
+        nothing reads the ring); idempotent. How many items went."""
+        gone = 0
+        for sk in [*(it["sk"] for it in scan(self._store, ref.pk, KEY_SK_PREFIX)), RING_SK]:
+            try:
+                self._store.delete_if(ref.pk, sk)
+                gone += 1
+            except StoreConditionFailed:
+                pass  # not there (any more)
+        return gone
 
     # -- internals --
 
