@@ -162,7 +162,16 @@ def test_api_role_cannot_write_tokens():
     for kind in KINDS.values():
         assert _covered(f"{kind.store_prefix}#ring-1#keys", api)
     assert _covered("audit#2026-12-02", api) and _covered("rate#tok", api)
-    assert not _covered("auth0#x", _writes("admin"))
+
+
+def test_every_role_reaches_the_deleted_keys_and_the_admin_their_rings():
+    # a delete (api) moves a key into the "deleted" partition; a restore or a purge (admin,
+    # maintenance) writes it and the key's ring; only the admin function writes tokens
+    for role in deploy.FUNCTIONS:
+        assert _covered("deleted", _writes(role)), role
+        for kind in KINDS.values():
+            assert _covered(f"{kind.store_prefix}#ring-1#keys", _writes(role)), role
+    assert not _covered("tokens", _writes("maintenance"))
 
 
 def test_every_partition_the_admin_function_writes_is_its_own(tmp_path, settings):
