@@ -122,6 +122,15 @@ def _kind(event: dict[str, Any], *, required: bool) -> str | None:
     return kind
 
 
+def _purged(summary: dict[str, Any]) -> dict[str, Any]:
+    """A purge's result: not ok while an entry failed (run it again: it resumes)."""
+    if summary["failed"]:
+        return {"ok": False, "error": "purge_failed", **summary,
+                "message": f"{len(summary['failed'])} deleted keys were not purged (see the "
+                           "logs); run the purge again"}
+    return {"ok": True, **summary}
+
+
 def _deleted(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
     """The deleted-key events (list, restore, purge)."""
     bin_ = deleted_bin(svc)
@@ -133,12 +142,12 @@ def _deleted(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any
             raise InvalidInput("a ring is listed within a kind", field="kind")
         return {"ok": True, "deleted": [d.summary(now) for d in bin_.entries(kind, ring)]}
     if action == "purge-deleted" and event.get("all_due") is True:
-        return {"ok": True, **bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL)}
+        return _purged(bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL))
     kind = str(_kind(event, required=True))
     ring, oid = str(_text(event, "ring")), str(_text(event, "id"))
     if action == "purge-deleted":
-        return {"ok": True, **bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL,
-                                         kind=kind, ring=ring, oid=oid)}
+        return _purged(bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL,
+                                  kind=kind, ring=ring, oid=oid))
     restored = bin_.restore(kind, ring, oid, deletion_adapters(svc)[kind],
                             principal=ADMIN_PRINCIPAL)
     return {"ok": True, "restored": restored.summary(now)}

@@ -28,8 +28,12 @@ def purge(services: Services, now: float) -> dict[str, Any]:
     """Destroy the deleted keys whose deletion window has passed (core/deleted.py)."""
     from chalicelib.admin import deleted_bin, deletion_adapters
 
-    return deleted_bin(services).purge(deletion_adapters(services), principal=PRINCIPAL,
-                                       now=now)
+    out = deleted_bin(services).purge(deletion_adapters(services), principal=PRINCIPAL,
+                                      now=now)
+    if out["failed"]:  # the step fails (and the next run resumes those entries)
+        raise KeyfrontError(f"{len(out['failed'])} deleted keys were not purged (see the "
+                            f"logs); {out['purged']} were", reason="purge_failed")
+    return out
 
 
 STEPS: list[tuple[str, Step]] = [("purge", purge)]

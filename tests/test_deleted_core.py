@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import admin
+from chalicelib import admin, maintenance
 from chalicelib.core.access import check
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.kinds import KINDS, MASTER_KEYS, PROJECT_KEYS, SIGNING, TENANT_KEYS, TRANSIT
@@ -136,6 +136,13 @@ def test_an_interrupted_purge_finishes_when_run_again(settings, hsm, store):
     out = admin.deleted_bin(dying).purge(admin.deletion_adapters(dying), principal="scheduler",
                                          now=later)
     assert out["purged"] == 0 and out["failed"] == [f"miarec#{ring}#{kid}"]
+    # the scheduled step reports the failure (its invocation fails), and so does the event
+    dying = _services(settings, hsm, FailingDeletes(store, 1))  # type: ignore[arg-type]
+    step = maintenance.run(dying, now=later, only="purge")
+    assert step["ok"] is False and "not purged" in step["steps"]["purge"]["message"], step
+    dying = _services(settings, hsm, FailingDeletes(store, 1))  # type: ignore[arg-type]
+    event = admin.handle({"action": "purge-deleted", "all_due": True}, dying)
+    assert event["ok"] is False and event["error"] == "purge_failed", event
     assert len(list(scan(store, grants))) == 2
     entry = store.get("deleted", f"miarec#{ring}#{kid}")
     assert entry["purging"] is True
