@@ -335,6 +335,9 @@ def test_aivault_mk_and_psk_delete_restore_purge(live_server):
     api.ok("DELETE", "/deletePSK/psk")
     assert api.ok("GET", "/queryPSK") is None
     entry = only_deleted(live_server, "aivault", str(d), "psk")
+    other = AiVault(live_server, _aivault_domain())
+    other.h["DomainID"] = str(d)  # another domain's token, naming this domain
+    assert other.call("GET", "/queryPSK")["status"] != "00000000"
     # the master key is free: a new PSK may bind it, and the restore is then refused
     api.ok("POST", "/createPSK", {"PSKName": "psk-2", "MKName": "mk", "Password": PASSWORD})
     refused(restore(live_server, "aivault", str(d), entry["id"]), "mk", "bound")
@@ -428,6 +431,10 @@ def test_apinizer_deployed_key_delete_restore_purge(live_server):
     assert api.material("production", "k").status == 400
     assert api.call("GET", "keys/").json["resultList"] == []
     only_deleted(live_server, "apinizer", project, "k")
+    other = Apinizer(live_server, f"p-{uuid.uuid4().hex[:10]}")
+    other.project = project  # another project's token, on this project
+    r = other.call("GET", "keys/")
+    assert r.status == 400 and "resultList" not in r.json
 
     api.create("k", "production")
     refused(restore(live_server, "apinizer", project, kid), "k", "taken")
