@@ -18,6 +18,7 @@ from chalicelib.core.kinds import KINDS, MASTER_KEYS, PROJECT_KEYS, SIGNING, TEN
 from chalicelib.core.limits import GenerationRate
 from chalicelib.core.project_keys import EnvironmentContent
 from chalicelib.core.records import scan
+from chalicelib.core.rotating import OwnerGone
 from chalicelib.core.services import Services
 from chalicelib.core.tokens import Caller, Principal, Scope, TokenService
 from chalicelib.errors import StoreTransactionCancelled
@@ -208,3 +209,24 @@ def test_material_of_a_deleted_key_is_not_in_its_listing(settings, hsm, store):
     assert [d["id"] for d in listed["deleted"]] == [kid]
     assert store.get("deleted", f"miarec#{ring}#{kid}")["records"][0]["wrapped"]
     assert "wrapped" not in str(listed) and "records" not in str(listed)
+
+
+def test_a_rotation_that_read_a_connection_before_its_delete_changes_nothing(
+        settings, hsm, store):
+    svc = _services(settings, hsm, store)
+    a0 = admin.deletion_adapters(svc)[SIGNING]
+    ring = uuid.uuid4().hex[:12]
+    con = a0.create_connection(_grant(SIGNING, ring, "connection.create"),
+                               {"name": "c", "strategy": "oidc"})
+    a0.create_connection_keys(_grant(SIGNING, ring, "connection_key.create"), con["id"],
+                              "ES256")
+    read = a0.connections.get(ring, con["id"])  # what a racing rotation read
+    ref = a0.connection_ref(ring, read)
+    before = list(scan(store, ref.pk))
+    a0.delete_connection(_grant(SIGNING, ring, "connection.delete"), con["id"])
+    with pytest.raises(OwnerGone):
+        with svc.audit.operation(None, "auth0.connection_key.rotate", "x",
+                                 principal="test") as op:
+            a0.rings.rotate(op, ref, "ES256", "x",
+                            conditions=[a0.connections.exists_check(read)])
+    assert list(scan(store, ref.pk)) == before  # the deleted connection's keys as they were

@@ -386,11 +386,12 @@ class RotatingRings:
         head_state = _head(head)
         return [self._view(ref, head_state, k["kid"], k) for k in (first, second)]
 
-    def rotate(self, op: Operation, ref: RingRef, alg: str, obj: str) \
-            -> tuple[RingKey, list[str]]:
+    def rotate(self, op: Operation, ref: RingRef, alg: str, obj: str, *,
+               conditions: Sequence[Check] = ()) -> tuple[RingKey, list[str]]:
         """Rotate: returns (the new next key, retired kids); the audit record (object
         f"{obj}/{kid}") is in the rotating transaction. The new key is generated once; the slot
-        change is retried against fresh head versions."""
+        change is retried against fresh head versions. OwnerGone if one of `conditions`
+        (checked in the same transaction) fails."""
         spec = signing_alg(alg)
         ring = self._settled(ref)
         cap(int(ring.get("published", 2)) - (1 if ref.keep_previous is not None
@@ -414,7 +415,13 @@ class RotatingRings:
                                       expected_version=int(item["version"])))
             ops += [Delete(ref.pk, KEY_SK_PREFIX + r) for r in retired]
             op.note(kid=kid, algorithm=record["algorithm"], slot="next", count=len(retired))
-            op.commit(ops, obj=f"{obj}/{kid}")
+            try:
+                op.commit([*conditions, *ops], obj=f"{obj}/{kid}")
+            except StoreTransactionCancelled as exc:
+                failed = exc.failed_index
+                if failed is not None and failed < len(conditions):
+                    raise OwnerGone from None
+                raise
             return self._view(ref, head, kid, {**record, **changes[kid]}), retired
         return retry(attempt, self._attempts, what="the ring")
 

@@ -244,7 +244,12 @@ class SigningRings(RingDomain):
                 except RingExists:
                     pass  # created meanwhile: rotate it
             self._rate.spend(grant.caller, _cost(alg))
-            new, _ = self.rings.rotate(op, ref, alg, obj)
+            try:
+                # the connection still there: a rotation never outlives its delete
+                new, _ = self.rings.rotate(op, ref, alg, obj,
+                                           conditions=[self.connections.exists_check(con)])
+            except OwnerGone:
+                raise connection_not_found() from None
             return new
 
     def connection_jwks(self, ring: str, cid: str) -> dict[str, Any]:
