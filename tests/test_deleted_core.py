@@ -230,3 +230,20 @@ def test_a_rotation_that_read_a_connection_before_its_delete_changes_nothing(
             a0.rings.rotate(op, ref, "ES256", "x",
                             conditions=[a0.connections.exists_check(read)])
     assert list(scan(store, ref.pk)) == before  # the deleted connection's keys as they were
+
+
+def test_a_restore_respects_the_rings_cap(settings, hsm, store):
+    svc = _services(settings, hsm, store, max_keys_per_ring=1)
+    ss = admin.deletion_adapters(svc)[TRANSIT]
+    ring = uuid.uuid4().hex[:12]
+    oid = ss.create_key(_grant(TRANSIT, ring, "key.create"), "k").objectid
+    ss.delete(_grant(TRANSIT, ring, "key.delete"), "k")
+    ss.create_key(_grant(TRANSIT, ring, "key.create"), "other")  # the ring is full again
+    out = admin.handle({"action": "restore-deleted", "kind": TRANSIT, "ring": ring,
+                        "id": oid}, svc)
+    assert out["ok"] is False and out["error"] == "conflict" and "full" in out["message"], out
+    ss.delete(_grant(TRANSIT, ring, "key.delete"), "other")
+    out = admin.handle({"action": "restore-deleted", "kind": TRANSIT, "ring": ring,
+                        "id": oid}, svc)
+    assert out["ok"], out
+    assert [k.name for k in ss.list_keys(_grant(TRANSIT, ring, "key.list"))] == ["k"]
