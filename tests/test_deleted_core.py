@@ -247,3 +247,24 @@ def test_a_restore_respects_the_rings_cap(settings, hsm, store):
                         "id": oid}, svc)
     assert out["ok"], out
     assert [k.name for k in ss.list_keys(_grant(TRANSIT, ring, "key.list"))] == ["k"]
+
+
+def test_a_purge_destroys_this_processes_hsm_session_copies(settings, hsm, store):
+    svc = _services(settings, hsm, store)
+    ss = admin.deletion_adapters(svc)[TRANSIT]
+    ring = uuid.uuid4().hex[:12]
+    ss.create_key(_grant(TRANSIT, ring, "key.create"), "k")
+    ss.rotate(_grant(TRANSIT, ring, "key.rotate"), "k")
+    ct = ss.encrypt(_grant(TRANSIT, ring, "encrypt"), "k", b"x", key_version=1).ciphertext
+    ss.encrypt(_grant(TRANSIT, ring, "encrypt"), "k", b"x")  # both versions unwrapped
+
+    def cached() -> int:
+        return int(hsm._ts.run(lambda state: len(state.cache)))
+    before = cached()
+    oid = ss.read_key(_grant(TRANSIT, ring, "key.read"), "k").objectid
+    ss.delete(_grant(TRANSIT, ring, "key.delete"), "k")
+    assert cached() == before  # restorable: nothing destroyed yet
+    assert admin.handle({"action": "purge-deleted", "kind": TRANSIT, "ring": ring, "id": oid},
+                        svc)["purged"] == 1
+    assert cached() == before - 2
+    assert ct.startswith("storedsafe:v1:")

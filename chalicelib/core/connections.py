@@ -29,7 +29,7 @@ from typing import Any
 from chalicelib.core import material
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.deleted import restore_conflict
+from chalicelib.core.deleted import forget_blob, restore_conflict
 from chalicelib.core.records import Place, claim, claimed, parsed, release, retry, scan
 from chalicelib.errors import (
     Conflict,
@@ -162,6 +162,10 @@ class Connections:
         if claimed(self._store, self.pk(ring), record["name"]) is not None:
             raise restore_conflict(f"a connection named {record['name']} exists")
         return [claim(self.pk(ring), record["name"], record["id"])]
+
+    def forget(self, ring: str, record: dict[str, Any]) -> None:
+        """Drop this process's HSM session copy of a purged connection's options key."""
+        forget_blob(self._hsm, record.get("options_key"), self._context(ring, record["id"]))
 
     @staticmethod
     def exists_check(record: dict[str, Any]) -> Check:

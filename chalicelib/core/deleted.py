@@ -43,6 +43,7 @@ from chalicelib.errors import (
     StoreConditionFailed,
     StoreTransactionCancelled,
 )
+from chalicelib.hsm import Hsm, WrappedKey
 from chalicelib.store import Delete, Op, Put, Store
 
 log = logging.getLogger("keyfront.deleted")
@@ -137,6 +138,18 @@ class Adapter(Protocol):
 
     def forget(self, entry: Deleted) -> None:
         """Drop this process's cached state of the key (after a restore or a purge)."""
+
+
+def forget_blob(hsm: Hsm, wrapped: Any, context: str) -> None:
+    """Drop this process's HSM session copy of a purged key's wrapped blob (stored as a
+    dict; anything else was never usable, so there is nothing to drop)."""
+    if not isinstance(wrapped, Mapping):
+        return
+    try:
+        key = WrappedKey.from_dict(dict(wrapped))
+    except (KeyError, TypeError, ValueError):
+        return
+    hsm.forget(key, context)
 
 
 def restore_conflict(message: str) -> Conflict:

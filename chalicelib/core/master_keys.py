@@ -35,7 +35,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.deleted import Bin, Deleted, restore_conflict
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -401,7 +401,11 @@ class MasterKeys(RingDomain):
             raise restore_conflict(f"the ring is full: {exc.message}") from None
 
     def purge_dependents(self, entry: Deleted) -> int:
-        """Nothing: a master key's or secret's material is in its record (wrapped)."""
+        """Nothing in the store (the material is in the record, wrapped); this process's HSM
+        session copy of it is dropped."""
+        what = str(entry.meta.get("what"))
+        forget_blob(self._hsm, entry.records[0].get("wrapped"),
+                    self.context(entry.ring, what, entry.id))
         return 0
 
     def forget(self, entry: Deleted) -> None:

@@ -48,7 +48,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details, object_name
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.deleted import Bin, Deleted, restore_conflict
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import (
@@ -671,7 +671,13 @@ class ProjectKeys(RingDomain):
                 *self._conditions(ring, [e["name"] for e in kept], envs)]
 
     def purge_dependents(self, entry: Deleted) -> int:
-        """Nothing: a key's sealed material is in its record, which the entry holds."""
+        """Nothing in the store (the sealed material is in the record the entry holds); this
+        process's HSM session copies of its sealing keys are dropped."""
+        for e in entry.records[0].get("environments") or ():
+            sealed = e.get("sealed") if isinstance(e, dict) else None
+            if isinstance(sealed, dict):
+                forget_blob(self._hsm, sealed.get("key"),
+                            self.context(entry.ring, entry.id, str(e.get("name"))))
         return 0
 
     def forget(self, entry: Deleted) -> None:

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import forget_blob
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, retry, scan
 from chalicelib.errors import (
@@ -449,10 +450,15 @@ class RotatingRings:
         return retry(attempt, self._attempts, what="the ring")
 
     def purge(self, ref: RingRef) -> int:
-        """Delete the ring's keys, then its head, one by one (its owner is gone for good:
-        nothing reads the ring); idempotent. How many items went."""
+        """Delete the ring's keys (each after this process's HSM session copy of it), then its
+        head, one by one (its owner is gone for good: nothing reads the ring); idempotent. How
+        many items went."""
         gone = 0
-        for sk in [*(it["sk"] for it in scan(self._store, ref.pk, KEY_SK_PREFIX)), RING_SK]:
+        found = list(scan(self._store, ref.pk, KEY_SK_PREFIX))
+        for it in found:
+            forget_blob(self._hsm, it.get("wrapped"),
+                        ref.key_context(str(it["sk"]).removeprefix(KEY_SK_PREFIX)))
+        for sk in [*(it["sk"] for it in found), RING_SK]:
             try:
                 self._store.delete_if(ref.pk, sk)
                 gone += 1

@@ -179,7 +179,9 @@ class SigningRings(RingDomain):
         return [*entry.put_back(), *self.connections.restore_ops(entry.ring, entry.records[0])]
 
     def purge_dependents(self, entry: Deleted) -> int:
-        """The connection's keys (their own partition)."""
+        """The connection's keys (their own partition), and this process's HSM session copies
+        of them and of its options key."""
+        self.connections.forget(entry.ring, entry.records[0])
         return self.rings.purge(self.connection_ref(entry.ring, entry.records[0]))
 
     def forget(self, entry: Deleted) -> None:

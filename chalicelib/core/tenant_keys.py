@@ -46,7 +46,7 @@ from chalicelib.core import keyspecs, material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.deleted import Bin, Deleted, restore_conflict
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap, generation_cost
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -393,7 +393,9 @@ class TenantKeys(RingDomain):
         return [head.replaced(state), *entry.put_back()]
 
     def purge_dependents(self, entry: Deleted) -> int:
-        """The key's grants, one by one (a key may have more than a transaction holds)."""
+        """The key's grants, one by one (a key may have more than a transaction holds); this
+        process's HSM session copy of its private key first."""
+        forget_blob(self._hsm, entry.records[0].get("wrapped"), self.context(entry.ring, entry.id))
         gone = 0
         for item in list(self._scan_users(self.grants_pk(entry.ring, entry.id))):
             try:

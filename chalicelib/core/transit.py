@@ -42,7 +42,7 @@ from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, Operation
 from chalicelib.core.cache import TtlCache
-from chalicelib.core.deleted import Bin, Deleted, restore_conflict
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -648,10 +648,13 @@ class TransitKeys:
         return [*entry.put_back(), *count]
 
     def purge_dependents(self, entry: Deleted) -> int:
-        """The key's version records (its incarnation's own partition)."""
+        """The key's version records (its incarnation's own partition), each after this
+        process's HSM session copy of it."""
         key = self._deleted_key(entry)
         gone = 0
         for item in list(scan(self._store, key.versions_pk, "v#")):
+            forget_blob(self._hsm, item.get("wrapped"),
+                        key.context(int(item.get("key_version") or str(item["sk"])[2:])))
             try:
                 self._store.delete_if(key.versions_pk, item["sk"])
                 gone += 1
