@@ -36,6 +36,7 @@ AUDIT_PARTITIONS = ("audit#*",)
 RATE_PARTITIONS = ("rate#*",)
 USAGE_PARTITIONS = ("usage#*",)  # the last use of each key (core/usage.py)
 KEK_ROLL_PARTITIONS = ("kek-roll",)  # core/kek_roll.py's progress items
+DELETED_PARTITIONS = ("deleted",)  # deleted-key entries (core/deleted.py)
 
 # Actions on items (a transaction is authorised item by item under these same actions).
 _ITEM_READ = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem")
@@ -65,20 +66,23 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
     """{"read": patterns, "write": patterns} of the partitions `role` uses ("api", "admin",
     "maintenance")."""
     if role == "api":
-        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + USAGE_PARTITIONS
+        # a delete moves a key into its deleted-key entry; a use notes the key's last use
+        owned = (ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + USAGE_PARTITIONS
+                 + DELETED_PARTITIONS)
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
         # tokens; the keys of every ring kind: the operator's forced delete, restore and
-        # rotation settings run the domains' own code under the admin principal, and the KEK
-        # roll (`rewrap`) rewrites blobs in every ring's partitions and keeps its progress in
-        # its own; minting tokens already gives this function every ring
+        # purge of deleted keys, rotation settings run the domains' own code under the admin
+        # principal, and the KEK roll (`rewrap`) rewrites blobs in every ring's partitions and
+        # keeps its progress in its own; minting tokens already gives this function every ring
         owned = (TOKEN_PARTITIONS + AUDIT_PARTITIONS + ring_partitions() + USAGE_PARTITIONS
-                 + KEK_ROLL_PARTITIONS)
+                 + DELETED_PARTITIONS + KEK_ROLL_PARTITIONS)
         return {"read": owned, "write": owned}
     if role == "maintenance":
-        # scheduled upkeep changes keys of every ring kind and audits what it did
-        owned = ring_partitions() + AUDIT_PARTITIONS + USAGE_PARTITIONS
+        # scheduled upkeep changes keys of every ring kind (the purge of deleted keys among
+        # it) and audits what it did
+        owned = ring_partitions() + AUDIT_PARTITIONS + USAGE_PARTITIONS + DELETED_PARTITIONS
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 

@@ -25,6 +25,7 @@ from chalicelib.core.access import Grant, RingKind, authorize, ring_of
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.connections import Connections
 from chalicelib.core.connections import not_found as connection_not_found
+from chalicelib.core.deleted import Bin, Deleted
 from chalicelib.core.limits import GenerationRate, generation_cost
 from chalicelib.core.rings import RingDomain
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
@@ -32,7 +33,7 @@ from chalicelib.core.tokens import Caller, Principal
 from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
 from chalicelib.formats.algorithms import signing_alg
-from chalicelib.store import Store
+from chalicelib.store import Op, Store
 
 if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
@@ -84,6 +85,8 @@ class SigningRings(RingDomain):
                                        settings.retry_attempts)
         self.rings = RotatingRings(store, hsm, settings.retry_attempts,
                                    settings.max_keys_per_ring)
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts)
 
     # ---- names and access --------------------------------------------------------------------
 
@@ -161,14 +164,35 @@ class SigningRings(RingDomain):
             return out
 
     def delete_connection(self, grant: Grant, cid: str) -> None:
-        """The connection, its name and its keys go in one transaction with the record."""
+        """The connection moves into a deleted-key entry and its name is released, in one
+        transaction with the audit record; its keys stay (unreachable: every access reads
+        the connection first) until the purge after the deletion window."""
         grant.require(self.action("connection.delete"))
+        entries: list[Deleted] = []
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(grant.ring, "connections", cid)) as op:
-            def keys() -> list[Any]:
-                return self.rings.delete_ops(self.connection_ref(
-                    grant.ring, self.connections.get(grant.ring, cid)))
-            self.connections.delete(op, grant.ring, cid, keys)
+            def move(record: dict[str, Any]) -> list[Op]:
+                entries[:] = [self.bin.entry(self.kind.name, grant.ring, cid,
+                                             str(record["name"]), grant.caller.principal.name,
+                                             [record])]
+                return entries[0].moved()
+            self.connections.delete(op, grant.ring, cid, move)
+        self.bin.settle(entries[0], self, principal=grant.caller.principal.name)
+
+    # ---- the deleted-key adapter (core/deleted.py) -------------------------------------------
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """The connection back, its name claimed again (if free)."""
+        return [*entry.put_back(), *self.connections.restore_ops(entry.ring, entry.records[0])]
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """The connection's keys (their own partition), and this process's HSM session copies
+        of them and of its options key."""
+        self.connections.forget(entry.ring, entry.records[0])
+        return self.rings.purge(self.connection_ref(entry.ring, entry.records[0]))
+
+    def forget(self, entry: Deleted) -> None:
+        """Nothing of a connection is cached in-process."""
 
     def _public(self, ring: str, record: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in record.items()
@@ -229,7 +253,12 @@ class SigningRings(RingDomain):
                 except RingExists:
                     pass  # created meanwhile: rotate it
             self._rate.spend(grant.caller, _cost(alg))
-            new, _ = self.rings.rotate(op, ref, alg, obj)
+            try:
+                # the connection still there: a rotation never outlives its delete
+                new, _ = self.rings.rotate(op, ref, alg, obj,
+                                           conditions=[self.connections.exists_check(con)])
+            except OwnerGone:
+                raise connection_not_found() from None
             return new
 
     def connection_jwks(self, ring: str, cid: str) -> dict[str, Any]:
