@@ -101,3 +101,16 @@ def test_the_environment_is_read_only_by_settings(path):
     if rel in ("chalicelib/config.py", "chalicelib/local_server.py", "chalicelib/cli.py"):
         return  # Settings itself; the local server and CLI set a stage's variables
     assert "os.environ" not in path.read_text() and "getenv" not in path.read_text(), rel
+
+
+def test_a_cold_start_does_not_load_pkcs11():
+    """`import app` (a Lambda init) leaves python-pkcs11 to the first request: the domains
+    name `Hsm` only for type checking (chalicelib/hsm/__init__.py loads it on first use)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, app; "
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pkcs11'"
+                          " or m == 'chalicelib.hsm.service'))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

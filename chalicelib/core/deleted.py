@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
@@ -43,8 +43,11 @@ from chalicelib.errors import (
     StoreConditionFailed,
     StoreTransactionCancelled,
 )
-from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm import WrappedKey
 from chalicelib.store import Delete, Op, Put, Store
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 log = logging.getLogger("keyfront.deleted")
 
