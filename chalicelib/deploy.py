@@ -32,6 +32,7 @@ FUNCTIONS = {"api": "APIHandler", "admin": "Admin",
 TOKEN_PARTITIONS = ("token#*", "tokens")  # hashed token records and the token index
 AUDIT_PARTITIONS = ("audit#*",)
 RATE_PARTITIONS = ("rate#*",)
+ROTATION_PARTITIONS = ("rotation",)  # the scheduled-rotation index (core/rotation.py)
 
 # Actions on items (a transaction is authorised item by item under these same actions).
 _ITEM_READ = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem")
@@ -59,15 +60,17 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
     """{"read": patterns, "write": patterns} of the partitions `role` uses ("api", "admin",
     "maintenance")."""
     if role == "api":
-        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS
+        # a key's rotation period is set through a dialect too (and a rotation moves it on)
+        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + ROTATION_PARTITIONS
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
-        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS
-        return {"read": owned, "write": owned}
+        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS + ROTATION_PARTITIONS
+        # setting a rotation period checks the key's record in the same transaction
+        return {"read": owned + ring_partitions(), "write": owned}
     if role == "maintenance":
         # scheduled upkeep changes keys of every ring kind and audits what it did
-        owned = ring_partitions() + AUDIT_PARTITIONS
+        owned = ring_partitions() + AUDIT_PARTITIONS + ROTATION_PARTITIONS
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 

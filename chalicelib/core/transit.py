@@ -42,6 +42,7 @@ from chalicelib.core.cache import TtlCache
 from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
+from chalicelib.core.rotation import Entry, Schedule, Superseded, drop
 from chalicelib.errors import (
     BindingError,
     Conflict,
@@ -73,7 +74,7 @@ from chalicelib.formats.key_backup import (
     wrapped_to_json,
 )
 from chalicelib.hsm import Hsm, WrappedKey
-from chalicelib.store import Op, Put, Store, Update
+from chalicelib.store import Check, Op, Put, Store, Update
 
 log = logging.getLogger("keyfront.transit")
 
@@ -284,6 +285,7 @@ class TransitKeys:
         self._settings = settings
         self._clock = clock
         self._versions = VersionCache()
+        self._schedule = Schedule(store)
         # Key records for key use (encrypt, decrypt, rewrap, data keys), for the settings'
         # bound; every other operation on a key drops its entry in this process.
         self._records: TtlCache[tuple[str, str], TransitKey] = TtlCache(settings.cache_seconds)
@@ -536,32 +538,95 @@ class TransitKeys:
 
     def rotate(self, grant: Grant, name: str) -> TransitKey:
         """Add version latest+1; racing rotations get distinct versions (retry on CAS). The
-        new version and its audit record are written in one transaction."""
+        new version and its audit record are written in one transaction, with the key's
+        rotation schedule moved on (auto rotation counts from the last rotation)."""
         with self._op(grant, "key.rotate", name) as op:
             def attempt() -> TransitKey:
                 key = self._require(grant.ring, name)
-                n = key.latest_version + 1
-                if n > MAX_VERSION:
-                    raise LimitExceeded("the key has reached its maximum version",
-                                        reason="version_cap")
-                cap(n - key.min_available_version, self._settings.max_versions_per_key,
-                    "versions per key (trim the key to make room)")
-                wrapped = self._hsm.generate_aes(key.bits, key.context(n),
-                                                 exportable=key.allow_export)
-                new = replace(key, latest_version=n, updated_at=int(self._clock()))
-                op.note(key_version=n)
-                # the record's version is the lock: a concurrent rotation makes this fail
-                op.commit([Update(new.to_item(), key.item_version),
-                           Put(self._version_item(key, n, wrapped))])
-                return replace(new, item_version=key.item_version + 1)
+                return self._rotated(op, key, self._schedule.pushed_ops(
+                    self.kind.name, key.ring, key.name, key.objectid, self._clock()))
             return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
 
+    def _rotated(self, op: Operation, key: TransitKey, also: list[Op]) -> TransitKey:
+        """Generate version latest+1 in the HSM, then write it, the record and `also` in
+        one transaction conditional on the record as read."""
+        n = key.latest_version + 1
+        if n > MAX_VERSION:
+            raise LimitExceeded("the key has reached its maximum version",
+                                reason="version_cap")
+        cap(n - key.min_available_version, self._settings.max_versions_per_key,
+            "versions per key (trim the key to make room)")
+        wrapped = self._hsm.generate_aes(key.bits, key.context(n),
+                                         exportable=key.allow_export)
+        new = replace(key, latest_version=n, updated_at=int(self._clock()))
+        op.note(key_version=n)
+        # the record's version is the lock: a concurrent rotation makes this fail
+        op.commit([Update(new.to_item(), key.item_version),
+                   Put(self._version_item(key, n, wrapped)), *also])
+        return replace(new, item_version=key.item_version + 1)
+
+    # ---- scheduled rotation (core/rotation.py) ----------------------------------------------
+
+    def rotation(self, ring: str, name: str) -> Entry | None:
+        """The key's rotation schedule (None: none); NotFound if there is no such key."""
+        key = self._require(ring, name)
+        entry = self._schedule.get(self.kind.name, ring, name)
+        return entry if entry is not None and entry.incarnation == key.objectid else None
+
+    def set_rotation(self, ring: str, name: str, period: int, *,
+                     principal: str) -> Entry | None:
+        """Set the key's rotation period in seconds (0: off), audited under `principal`."""
+        with self._audit.operation(None, self.action("key.schedule"), self.obj(ring, name),
+                                   principal=principal) as op:
+            op.note(period=period)
+            return self._scheduled(op, ring, name, period)
+
+    def _scheduled(self, op: Operation, ring: str, name: str, period: int) -> Entry | None:
+        """The index item, a check that the key is as read and the audit record in one
+        transaction; retried against fresh reads."""
+        def attempt() -> Entry | None:
+            key = self._require(ring, name)
+            ops, entry = self._schedule.set_ops(self.kind.name, ring, name, period,
+                                                key.objectid, self._clock())
+            op.commit([Check(key.pk, key.sk, key.item_version), *ops])
+            return entry
+        return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+
+    def rotation_period(self, key: TransitKey) -> int:
+        """The key's rotation period in seconds (0: not scheduled)."""
+        entry = self._schedule.get(self.kind.name, key.ring, key.name)
+        return entry.period if entry is not None and entry.incarnation == key.objectid else 0
+
+    def rotate_due(self, entry: Entry, now: float, *, principal: str) -> str:
+        """The scheduler's rotation of a due key (see rotation.Rotatable.rotate_due)."""
+        ring, name = entry.ring, entry.target
+        key = self._find(ring, name)
+        if key is None or key.objectid != entry.incarnation:
+            return drop(self._audit, entry, self.action("key.schedule"), self.obj(ring, name),
+                        principal=principal)
+        try:
+            with self._audit.operation(None, self.action("key.rotate"), self.obj(ring, name),
+                                       principal=principal) as op:
+                def attempt() -> TransitKey:
+                    current = self._schedule.get(self.kind.name, ring, name)
+                    if current is None or current.version != entry.version:
+                        raise Superseded()  # rotated (or changed) by someone else
+                    return self._rotated(op, self._require(ring, name), [entry.moved(now)])
+                retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+        finally:
+            self._records.drop((ring, name))
+        return "rotated"
+
     def configure(self, grant: Grant, name: str, *, min_decryption_version: int | None = None,
-                  allow_delete: bool | None = None) -> TransitKey:
-        """Set min_decryption_version and/or allow_delete (beyond the vendor)."""
+                  allow_delete: bool | None = None,
+                  rotation_period: int | None = None) -> TransitKey:
+        """Set min_decryption_version, allow_delete and/or the rotation period in seconds
+        (0: off; beyond the vendor). A period is written in the record's transaction."""
         with self._op(grant, "key.config", name) as op:
-            if min_decryption_version is None and allow_delete is None:
-                raise InvalidInput("give min_decryption_version or allow_delete")
+            if min_decryption_version is None and allow_delete is None \
+                    and rotation_period is None:
+                raise InvalidInput("give min_decryption_version, allow_delete or a rotation "
+                                   "period")
 
             def attempt() -> TransitKey:
                 key = self._require(grant.ring, name)
@@ -577,7 +642,13 @@ class TransitKeys:
                     changes["allow_delete"] = allow_delete
                 new = replace(key, updated_at=int(self._clock()), **changes)
                 op.note(key_version=new.latest_version)
-                op.commit([Update(new.to_item(), key.item_version)])
+                ops: list[Op] = [Update(new.to_item(), key.item_version)]
+                if rotation_period is not None:
+                    op.note(period=rotation_period)
+                    ops += self._schedule.set_ops(self.kind.name, key.ring, key.name,
+                                                  rotation_period, key.objectid,
+                                                  self._clock())[0]
+                op.commit(ops)
                 return replace(new, item_version=key.item_version + 1)
             return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
 

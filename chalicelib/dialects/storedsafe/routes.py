@@ -191,7 +191,8 @@ def read_key(version: str, vaultid: str, name: str) -> Response:
     call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.read")
     key = call.core.read_key(call.grant, name)
     return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
-                   KEYS=[_metadata(key)])
+                   KEYS=[{**_metadata(key),
+                          "auto_rotate_period": str(call.core.rotation_period(key))}])
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"],
@@ -208,16 +209,19 @@ def rotate_key(version: str, vaultid: str, name: str) -> Response:
           content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def configure_key(version: str, vaultid: str, name: str) -> Response:
-    """Beyond the vendor: set min_decryption_version / allow_delete. Admin."""
+    """Beyond the vendor: set min_decryption_version / allow_delete / auto_rotate_period
+    (as Vault's key config). Admin."""
     call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.config",
                   echo=ConfigBody)
     b = call.body(ConfigBody)
     key = call.core.configure(call.grant, name,
                               min_decryption_version=b.min_decryption_version,
-                              allow_delete=b.allow_delete)
+                              allow_delete=b.allow_delete,
+                              rotation_period=b.auto_rotate_period)
     return call.ok(200, {**_key_info(key),
                          "min_decryption_version": str(key.min_decryption_version),
-                         "allow_delete": key.allow_delete})
+                         "allow_delete": key.allow_delete,
+                         "auto_rotate_period": str(call.core.rotation_period(key))})
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["DELETE"],
