@@ -611,7 +611,10 @@ class TransitKeys:
                     current = self._schedule.get(self.kind.name, ring, name)
                     if current is None or current.version != entry.version:
                         raise Superseded()  # rotated (or changed) by someone else
-                    return self._rotated(op, self._require(ring, name), [entry.moved(now)])
+                    key = self._require(ring, name)
+                    if key.objectid != entry.incarnation:
+                        raise Superseded()  # deleted and created again: dropped next run
+                    return self._rotated(op, key, [entry.moved(now)])
                 retry(attempt, self._settings.retry_attempts, what=f"key {name}")
         finally:
             self._records.drop((ring, name))
