@@ -97,12 +97,9 @@ def _rotation(event: dict[str, Any], svc: Services, action: str) -> dict[str, An
                            f"covers {' and '.join(sorted(domains))} keys only",
                            reason="rotation_not_applicable")
     if action == "list-rotations":
-        found = []
-        for item in rotation.Schedule(svc.store).items():
-            entry = rotation.from_item(item)
-            if kind is None or entry.kind == kind:
-                found.append(_rotation_view(entry))
-        return {"ok": True, "rotations": found}
+        return {"ok": True, "rotations": [_rotation_view(e)
+                                          for e in rotation.Schedule(svc.store).entries()
+                                          if kind is None or e.kind == kind]}
     ring, target = str(_text(event, "ring")), str(_text(event, "id"))
     domain = domains[str(kind)]
     if action == "get-rotation":

@@ -365,3 +365,78 @@ def test_auth0_deleted_connection_schedule_is_dropped(live_server):
     out = _admin(svc, action="set-rotation", kind="auth0", ring=api.tenant, id=bare["id"],
                  period_seconds=HOUR)
     assert out["ok"] is False and out["error"] == "not_found"
+
+
+def _race(runs: list[Any]) -> list[dict[str, Any]]:
+    """Run each callable in a thread of its own, released together; their results."""
+    barrier = threading.Barrier(len(runs))
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results.append(work())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(w,)) for w in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == [] and not any(t.is_alive() for t in threads), errors
+    return results
+
+
+def test_two_schedulers_racing_rotate_each_ring_once(live_server):
+    svc = live_server.services
+    other = Services.build(live_server.settings)
+    api = _Auth0(live_server)
+    con = api.post("/api/v2/connections", {"name": f"c-{uuid.uuid4().hex[:8]}",
+                                           "strategy": "oidc"})
+    api.post(f"/api/v2/connections/{con['id']}/keys", {"signing_alg": "ES256"})
+    signing = api.get("/api/v2/keys/signing")
+    for target in (con["id"], "signing"):
+        assert _admin(svc, action="set-rotation", kind="auth0", ring=api.tenant, id=target,
+                      period_seconds=HOUR)["ok"]
+    now = time.time() + HOUR + 5
+    results = _race([lambda s=s: _step(s, now) for s in (svc, other, svc, other)])
+    assert all(r["failed"] == [] for r in results), results
+    assert len(api.get(f"/api/v2/connections/{con['id']}/keys")) == 3  # current, next, one
+    assert len(api.get("/api/v2/keys/signing")) == len(signing) + 1
+    rotated = [r for r in svc.audit.find(action="auth0.signing_key.rotate")
+               if r["object"].startswith(f"auth0/{api.tenant}/") and r["outcome"] == "success"]
+    assert [r["principal"] for r in rotated] == ["scheduler"]
+
+
+def test_a_failing_key_does_not_stop_the_others(live_server):
+    svc = live_server.services
+    ss = SS(live_server)
+    for name in ("a", "bad", "b"):
+        assert_success(ss.create(name), 201)
+        assert_success(ss.config(name, auto_rotate_period=HOUR), 200)
+    # "bad"'s record is tampered with (it names another key): its rotation fails
+    pk, sk = f"ss#{ss.vault}", "key#bad"
+    record = svc.store.get(pk, sk)
+    svc.store.update_if_version({**{k: v for k, v in record.items() if k != "version"},
+                                 "name": "a"}, int(record["version"]))
+    # and index items that are not entries, or of a kind whose keys do not rotate
+    svc.store.put_if_absent({"pk": rotation.PK, "sk": f"storedsafe#{ss.vault}",
+                             "period": "x"})
+    svc.store.put_if_absent({"pk": rotation.PK, "sk": f"miarec#{ss.vault}#k", "period": HOUR,
+                             "next_due": 0, "incarnation": "1"})
+    summary = _step(svc, time.time() + HOUR + 5)
+    failed = [f for f in summary["failed"] if f.get("ring") == ss.vault]
+    assert sorted((f["kind"], f["id"], f["error"]) for f in failed) == [
+        ("miarec", "k", "invalid_input"), ("storedsafe", "bad", "internal_error")]
+    assert {"item": f"storedsafe#{ss.vault}", "error": "internal_error",
+            "message": "malformed index item"} in summary["failed"]
+    assert _version(ss, "a") == 2 and _version(ss, "b") == 2
+    refused = svc.audit.find(action="storedsafe.key.rotate", obj=f"storedsafe/{ss.vault}/bad")
+    assert [(r["principal"], r["outcome"], r["details"]["reason"]) for r in refused] == \
+        [("scheduler", "failure", "internal_error")]
+    svc.store.delete_if(rotation.PK, f"storedsafe#{ss.vault}")
+    svc.store.delete_if(rotation.PK, f"miarec#{ss.vault}#k")
+    svc.store.update_if_version({**{k: v for k, v in record.items() if k != "version"}},
+                                int(record["version"]) + 1)
+    assert_success(ss.config("bad", auto_rotate_period=0), 200)

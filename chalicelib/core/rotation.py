@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -180,9 +180,15 @@ class Schedule:
         item = self._store.get(PK, sort_key(kind, ring, target))
         return None if item is None else from_item(item)
 
-    def items(self) -> Iterator[dict[str, Any]]:
-        """Every index item, a page at a time (records.scan)."""
-        return scan(self._store, PK)
+    def entries(self, on_misplaced: Callable[[MisplacedRecord], None] | None = None) \
+            -> Iterator[Entry]:
+        """Every entry, a page at a time (records.scan); an item that is not an entry is
+        logged as an error, reported to `on_misplaced` and left out."""
+        def misplaced(exc: MisplacedRecord) -> None:
+            log.error("rotation index: %s", exc.message)
+            if on_misplaced is not None:
+                on_misplaced(exc)
+        return parsed(scan(self._store, PK), from_item, misplaced)
 
     def set_ops(self, kind: str, ring: str, target: str, period: int, incarnation: str,
                 now: float) -> tuple[list[Op], Entry | None]:
@@ -255,11 +261,10 @@ def run_due(store: Store, domains: Mapping[str, Rotatable], now: float, *,
                            "dropped": 0, "failed": []}
 
     def misplaced(exc: MisplacedRecord) -> None:
-        log.error("rotation index: %s", exc.message)
         out["failed"].append({"item": exc.where[1] if exc.where else "",
                               "error": exc.code, "message": "malformed index item"})
 
-    for entry in parsed(Schedule(store).items(), from_item, misplaced):
+    for entry in Schedule(store).entries(misplaced):
         out["scheduled"] += 1
         if not entry.due(now):
             continue

@@ -600,7 +600,12 @@ class TransitKeys:
     def rotate_due(self, entry: Entry, now: float, *, principal: str) -> str:
         """The scheduler's rotation of a due key (see rotation.Rotatable.rotate_due)."""
         ring, name = entry.ring, entry.target
-        key = self._find(ring, name)
+        try:
+            key = self._find(ring, name)
+        except MisplacedRecord as exc:
+            self._audit.refused(None, self.action("key.rotate"), self.obj(ring, name), exc,
+                                principal=principal)
+            raise
         if key is None or key.objectid != entry.incarnation:
             return drop(self._audit, entry, self.action("key.schedule"), self.obj(ring, name),
                         principal=principal)
