@@ -124,6 +124,11 @@ def test_a_due_key_rotates_once_and_not_before(live_server):
     assert got["rotation"] in listed
     entry = maintenance.rotation_domains(svc)["storedsafe"].rotation(ss.vault, "due")
     assert entry is not None and entry.next_due == int(t1 + HOUR + 1) + HOUR
+    assert entry.last_rotated == int(t1 + HOUR + 1)
+    # a new period counts from the last rotation
+    assert_success(ss.config("due", auto_rotate_period="2h"), 200)
+    entry = maintenance.rotation_domains(svc)["storedsafe"].rotation(ss.vault, "due")
+    assert entry is not None and entry.next_due == int(t1 + HOUR + 1) + 2 * HOUR
     # the new version encrypts; the old ciphertext still opens
     assert ss.encrypt("due", b"after").json["CALLINFO"]["ciphertext"].startswith(
         "storedsafe:v2:")

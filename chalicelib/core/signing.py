@@ -35,7 +35,7 @@ from chalicelib.core.tokens import Caller, Principal
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
 from chalicelib.formats.algorithms import signing_alg
 from chalicelib.hsm import Hsm
-from chalicelib.store import Store
+from chalicelib.store import Op, Store
 
 RING_SIGNING_ALG = "RS256"  # a ring's own signing keys: RSA-2048 / RS256
 SIGNING_TARGET = "signing"  # the rotation target of a ring's own signing keys (else a cid)
@@ -316,13 +316,13 @@ class SigningRings(RingDomain):
 
     # ---- scheduled rotation (core/rotation.py): target "signing" or a connection id ---------
 
-    def _pushed(self, ring: str, target: str, incarnation: str) -> list[Any]:
+    def _pushed(self, ring: str, target: str, incarnation: str) -> list[Op]:
         """A caller's rotation moves the schedule on (counted from the last rotation)."""
         return self._schedule.pushed_ops(self.kind.name, ring, target, incarnation,
                                          self._clock())
 
     def _target(self, ring: str, target: str) \
-            -> tuple[RingRef, str, str, list[Any]] | None:
+            -> tuple[RingRef, str, str, list[Op]] | None:
         """(ring, audit verb, audit object, conditions of its owner) of a rotation target;
         None when there is no such ring with keys. Connection ids are never reused, so the
         id is the incarnation."""
@@ -344,7 +344,7 @@ class SigningRings(RingDomain):
                 [self.connections.exists_check(con)])
 
     def _require_target(self, ring: str, target: str) \
-            -> tuple[RingRef, str, str, list[Any]]:
+            -> tuple[RingRef, str, str, list[Op]]:
         found = self._target(ring, target)
         if found is None:
             raise NotFound(f"no key ring {target} with keys in ring {ring} (the ring's "
@@ -388,7 +388,7 @@ class SigningRings(RingDomain):
                         principal=principal)
         ref, verb, obj, _ = found
 
-        def moved() -> list[Any]:
+        def moved() -> list[Op]:
             current = self._schedule.get(self.kind.name, entry.ring, entry.target)
             if current is None or current.version != entry.version:
                 raise Superseded()  # rotated (or changed) by someone else
