@@ -180,6 +180,13 @@ class Schedule:
         item = self._store.get(PK, sort_key(kind, ring, target))
         return None if item is None else from_item(item)
 
+    def still(self, entry: Entry) -> None:
+        """Superseded unless the entry is still as read (another scheduler or a caller has
+        rotated the key, or its period changed)."""
+        current = self.get(entry.kind, entry.ring, entry.target)
+        if current is None or current.version != entry.version:
+            raise Superseded()
+
     def entries(self, on_misplaced: Callable[[MisplacedRecord], None] | None = None) \
             -> Iterator[Entry]:
         """Every entry, a page at a time (records.scan); an item that is not an entry is

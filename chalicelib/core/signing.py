@@ -30,7 +30,7 @@ from chalicelib.core.limits import GenerationRate, generation_cost
 from chalicelib.core.records import retry
 from chalicelib.core.rings import RingDomain
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
-from chalicelib.core.rotation import Entry, Schedule, Superseded, drop
+from chalicelib.core.rotation import Entry, Schedule, drop
 from chalicelib.core.tokens import Caller, Principal
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
 from chalicelib.formats.algorithms import signing_alg
@@ -389,10 +389,9 @@ class SigningRings(RingDomain):
         ref, verb, obj, _ = found
 
         def moved() -> list[Op]:
-            current = self._schedule.get(self.kind.name, entry.ring, entry.target)
-            if current is None or current.version != entry.version:
-                raise Superseded()  # rotated (or changed) by someone else
+            self._schedule.still(entry)  # after a failed transaction: who won?
             return [entry.moved(now)]
+        self._schedule.still(entry)  # a race lost before it began is not audited
         with self._audit.operation(None, self.action(f"{verb}.rotate"), obj,
                                    principal=principal) as op:
             self.rings.rotate(op, ref, None, obj, also=moved)

@@ -609,13 +609,12 @@ class TransitKeys:
         if key is None or key.objectid != entry.incarnation:
             return drop(self._audit, entry, self.action("key.schedule"), self.obj(ring, name),
                         principal=principal)
+        self._schedule.still(entry)  # a race lost before it began is not audited
         try:
             with self._audit.operation(None, self.action("key.rotate"), self.obj(ring, name),
                                        principal=principal) as op:
                 def attempt() -> TransitKey:
-                    current = self._schedule.get(self.kind.name, ring, name)
-                    if current is None or current.version != entry.version:
-                        raise Superseded()  # rotated (or changed) by someone else
+                    self._schedule.still(entry)  # after a failed transaction: who won?
                     key = self._require(ring, name)
                     if key.objectid != entry.incarnation:
                         raise Superseded()  # deleted and created again: dropped next run
