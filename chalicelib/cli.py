@@ -224,11 +224,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             path.write_text(json.dumps(policy, indent=2) + "\n")
             print(f"wrote {path.relative_to(REPO_ROOT)}")
         return 0
-    # template
     if deploy.local_runtime() != deploy.LAMBDA_RUNTIME:
         raise SystemExit(f"keyfront: error: chalice packages wheels for this interpreter "
                          f"({deploy.local_runtime()}) but the template pins "
                          f"{deploy.LAMBDA_RUNTIME}: run it from a {deploy.LAMBDA_RUNTIME} venv")
+    if args.deploy_cmd == "bytecode":
+        package = REPO_ROOT / "chalicelib"
+        count = deploy.compile_bytecode(package)
+        print(f"compiled {count} modules under {package.relative_to(REPO_ROOT)} "
+              f"for {deploy.LAMBDA_RUNTIME}")
+        return 0
+    # template
     stage = json.loads((chalice_dir / "config.json").read_text())["stages"].get(args.stage, {})
     for role in deploy.FUNCTIONS:
         path = chalice_dir / f"policy-{args.stage}-{role}.json"
@@ -441,7 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Print or write the merge template (table, runtime, "
                                      "outputs); warn about example values left in the stage.")
     dt.add_argument("-o", "--output", help="file to write (default: standard output)")
-    for parser in (dp, dt):
+    db = dsub.add_parser("bytecode", help="compile chalicelib for the bundle (faster cold "
+                                          "starts)",
+                         description="Compile every module under chalicelib to checked-hash "
+                                     "bytecode, which chalice package then ships.")
+    for parser in (dp, dt, db):
         parser.add_argument("--stage", default="prod",
                             help="stage of .chalice/config.json whose variables apply "
                                  "(%(default)s)")

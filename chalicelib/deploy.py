@@ -15,6 +15,7 @@ timeouts): see the README's "Deploying".
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from chalicelib.core.kinds import KINDS
@@ -158,6 +159,31 @@ def merge_template(table: str, kms_key: str | None = None, *, log_retention: boo
             "Description": "the DNS name the custom domain's CNAME/alias points at"}
     fragment["Outputs"] = outputs
     return fragment
+
+
+def compile_bytecode(package: Path) -> int:
+    """Compile every module under `package` (chalicelib) to bytecode beside it, for
+    `chalice package` to ship (it zips every file under chalicelib). Lambda's code directory
+    is read-only, so without them each cold start compiles every module again. The files are
+    checked-hash pycs: the interpreter uses one only while its source's hash matches (a zip
+    keeps no exact mtime, so timestamp pycs would be ignored). Returns how many were written.
+    """
+    import compileall
+    import importlib.util
+    import py_compile
+
+    saved = sys.pycache_prefix
+    sys.pycache_prefix = None  # beside the sources, where the bundle carries them
+    try:
+        ok = compileall.compile_dir(
+            str(package), quiet=1, force=True,
+            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        if not ok:
+            raise ValueError(f"a module under {package} does not compile")
+        return sum(1 for src in package.rglob("*.py")
+                   if Path(importlib.util.cache_from_source(str(src))).exists())
+    finally:
+        sys.pycache_prefix = saved
 
 
 def local_runtime() -> str:

@@ -12,6 +12,10 @@ removed, the results are unchanged:
   chained config lookups per request; each request still gets its own `LambdaContext`.
 - A path no route matches gets API Gateway's 403 without Chalice's echo of the
   Authorization header.
+
+One result differs from Chalice's, towards API Gateway's: path parameters are handed to the
+app percent-decoded (`/keys/a%20b` gives `a b`), as API Gateway does; `chalice local` hands
+them over as sent. A segment whose escapes are not UTF-8 is handed over as sent.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 from chalice.app import Chalice
 from chalice.compat import parse_qs, urlparse
@@ -117,12 +122,27 @@ class KeyfrontLocalGateway(LocalGateway):
         # connection; a quote breaks the JSON; a token is sent back). The same 403,
         # without the echo.
         try:
-            return super()._generate_lambda_event(method, path, headers, body)
+            event = super()._generate_lambda_event(method, path, headers, body)
         except ValueError:
             raise ForbiddenError(
                 {"x-amzn-RequestId": uuid.uuid4().hex,
                  "x-amzn-ErrorType": "MissingAuthenticationTokenException"},
                 b'{"message": "Missing Authentication Token"}') from None
+        params = event.get("pathParameters")
+        if params:
+            event["pathParameters"] = {k: _decoded(v) for k, v in params.items()}
+        return event
+
+
+def _decoded(segment: str) -> str:
+    """A path segment percent-decoded, as API Gateway hands path parameters over; as sent
+    when its escapes are not UTF-8."""
+    if "%" not in segment:
+        return segment
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return segment
 
 
 def stage_environment(stage: str) -> dict[str, str]:

@@ -67,6 +67,8 @@ def template(project) -> dict[str, Any]:
     extras = project.parent / "extras.json"
     made = _merge_template(project, extras)
     assert "policy" not in made.stderr  # the committed policies are current
+    subprocess.run([sys.executable, "-m", "chalicelib.cli", "deploy", "bytecode"],
+                   cwd=project, env=_env(), check=True, capture_output=True)
     subprocess.run([str(BIN / "chalice"), "package", "--stage", "prod", "--merge-template",
                     str(extras), str(project.parent / "out")],
                    cwd=project, env=_env(), check=True, capture_output=True)
@@ -84,6 +86,24 @@ def test_a_stale_policy_file_is_reported(project, tmp_path):
     made = _merge_template(stale, tmp_path / "extras.json")
     assert "policy-prod-api.json" in made.stderr and "deploy policies" in made.stderr
     assert "policy-prod-admin.json" not in made.stderr
+
+
+def test_the_bundle_carries_checked_bytecode_of_every_module(template, project):
+    """Lambda's code directory is read-only: without shipped bytecode every cold start
+    compiles every module. The pycs are checked-hash ones (a zip keeps no exact mtime)."""
+    import importlib.util
+    import zipfile
+
+    with zipfile.ZipFile(project.parent / "out" / "deployment.zip") as bundle:
+        names = set(bundle.namelist())
+        sources = [n for n in names if n.startswith("chalicelib/") and n.endswith(".py")]
+        assert len(sources) > 50
+        tag = sys.implementation.cache_tag
+        for src in sources:
+            folder, _, file = src.rpartition("/")
+            pyc = bundle.read(f"{folder}/__pycache__/{file[:-3]}.{tag}.pyc")
+            assert int.from_bytes(pyc[4:8], "little") == 0b11, src  # checked hash
+            assert pyc[8:16] == importlib.util.source_hash(bundle.read(src)), src
 
 
 def test_cfn_lint_passes(template, tmp_path):

@@ -83,3 +83,26 @@ def test_indexed_matcher_keeps_chalices_order_and_leftover_captures():
             assert _match(ours, url) == _match(chalice, url), (rs, url)
 
 
+
+
+# ---- path parameters, as API Gateway hands them over ------------------------------------------
+
+
+def test_path_parameters_are_percent_decoded_like_api_gateways():
+    from chalice.config import Config
+
+    import app
+    from chalicelib.local_server import KeyfrontLocalGateway
+
+    gateway = KeyfrontLocalGateway(app.app, Config(chalice_stage="dev"))
+
+    def params(path: str) -> dict[str, str]:
+        return gateway._generate_lambda_event("GET", path, {}, None)["pathParameters"]
+
+    assert params("/api/v2/connections/a%20b") == {"cid": "a b"}
+    assert params("/api/v2/connections/a%2Fb") == {"cid": "a/b"}  # still one segment
+    assert params("/api/v2/connections/%C3%A9%25") == {"cid": "\u00e9%"}
+    assert params("/api/v2/connections/plain") == {"cid": "plain"}
+    # escapes that are not UTF-8: handed over as sent, for the dialect to refuse
+    assert params("/api/v2/connections/%FF") == {"cid": "%FF"}
+    assert params("/api/v2/connections/%ED%A0%80") == {"cid": "%ED%A0%80"}

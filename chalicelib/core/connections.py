@@ -21,7 +21,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.core import material
 from chalicelib.core.audit import Operation
@@ -36,8 +36,10 @@ from chalicelib.errors import (
     StoreTransactionCancelled,
 )
 from chalicelib.formats.strict_json import json_problem
-from chalicelib.hsm import Hsm
 from chalicelib.store import Check, Delete, Op, Put, Store
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 MAX_OPTIONS_BYTES = 64 * 1024
 _ID_ALPHABET = string.ascii_letters + string.digits

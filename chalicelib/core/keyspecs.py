@@ -12,11 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from chalicelib.errors import InvalidInput
-from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm import WrappedKey
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 FAMILIES = ("aes", "rsa", "ec", "secret", "public")
 RSA_PUBLIC_BITS = (1024, 4096)  # inclusive range of public-only RSA keys

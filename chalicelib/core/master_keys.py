@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.config import Settings
 from chalicelib.core import material
@@ -45,8 +45,11 @@ from chalicelib.errors import (
     NotFound,
     StoreTransactionCancelled,
 )
-from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm import WrappedKey
 from chalicelib.store import Delete, Put, Store, Update
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 KEY_PREFIX = "key#"
 SECRET_PREFIX = "secret#"

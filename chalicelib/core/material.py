@@ -29,7 +29,7 @@ import os
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -48,7 +48,10 @@ from chalicelib.core.keyspecs import (
 from chalicelib.errors import IntegrityError, InvalidInput, InvalidState
 from chalicelib.formats.pkcs8 import kdf_cost_problem
 from chalicelib.formats.strict_json import json_problem
-from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm import WrappedKey
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 MAX_INPUT_BYTES = 64 * 1024  # any key or document given to import
 MAX_PASSWORD_BYTES = 1024

@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -68,8 +68,10 @@ from chalicelib.errors import (
     StoreConditionFailed,
     StoreTransactionCancelled,
 )
-from chalicelib.hsm import Hsm
 from chalicelib.store import Check, Delete, Put, Store, Update
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 SECRET, PRIVATE, PUBLIC = "secret", "private", "public"
 KEY_TYPES = (SECRET, PRIVATE, PUBLIC)

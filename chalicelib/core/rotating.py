@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -63,8 +63,11 @@ from chalicelib.formats.x509cert import (
     sha1_thumbprint,
     subject_dn,
 )
-from chalicelib.hsm import Hsm, SignScheme, WrappedKey
+from chalicelib.hsm import SignScheme, WrappedKey
 from chalicelib.store import Check, Delete, Op, Put, Store, Update
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 RING_SK = "ring"
 KEY_SK_PREFIX = "key#"

@@ -7,15 +7,18 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.config import Settings
 from chalicelib.core.audit import AuditLog
 from chalicelib.core.limits import GenerationRate
 from chalicelib.core.tokens import TokenService
 from chalicelib.errors import KeyfrontError, Unavailable
-from chalicelib.hsm import Hsm, get_hsm
+from chalicelib.hsm import get_hsm
 from chalicelib.store import Store, open_store
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 D = TypeVar("D")
 

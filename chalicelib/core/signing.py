@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind, authorize, ring_of
@@ -34,8 +34,10 @@ from chalicelib.core.rotation import Entry, Schedule, drop
 from chalicelib.core.tokens import Caller, Principal
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
 from chalicelib.formats.algorithms import signing_alg
-from chalicelib.hsm import Hsm
 from chalicelib.store import Op, Store
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 RING_SIGNING_ALG = "RS256"  # a ring's own signing keys: RSA-2048 / RS256
 SIGNING_TARGET = "signing"  # the rotation target of a ring's own signing keys (else a cid)

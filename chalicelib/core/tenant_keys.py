@@ -34,7 +34,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -55,8 +55,11 @@ from chalicelib.errors import (
     NotFound,
     StoreTransactionCancelled,
 )
-from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm import WrappedKey
 from chalicelib.store import Check, Delete, Put, Store, Update
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 log = logging.getLogger("keyfront.tenant_keys")
 

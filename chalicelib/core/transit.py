@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind
@@ -73,8 +73,11 @@ from chalicelib.formats.key_backup import (
     parse_backup,
     wrapped_to_json,
 )
-from chalicelib.hsm import Hsm, WrappedKey
+from chalicelib.hsm import WrappedKey
 from chalicelib.store import Check, Op, Put, Store, Update
+
+if TYPE_CHECKING:
+    from chalicelib.hsm import Hsm
 
 log = logging.getLogger("keyfront.transit")
 
@@ -89,7 +92,6 @@ BACKUP_BYTES_PER_VERSION = 640
 # the metadata at its largest: info of MAX_INFO_CHARS astral characters, each escaped to 12
 # bytes of JSON, twice base64'd (the backup string, then inside the request body)
 BACKUP_OVERHEAD_BYTES = 16 * 1024 + MAX_INFO_CHARS * 12 * 16 // 9
-
 
 
 # Key uses read the key record through the cache; every other verb drops its entry.

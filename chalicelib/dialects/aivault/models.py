@@ -67,7 +67,7 @@ Password = Annotated[str, AfterValidator(_password)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 class CreateMK(_Strict):

@@ -19,8 +19,8 @@ without it and both forms are served. A project is a ring of the core's project 
 `authorize`. Order of answers: 401, then the permission (400, the same whether the object
 exists or not), then the body and query (400), then the operation's own; a create reads its
 body (as JSON) before the permission, since whether it deploys decides what it needs.
-Path parameters are taken as API Gateway hands them over (decoded); `keyfront serve`, like
-`chalice local`, hands them over as sent (percent-encoded).
+Path parameters are taken as API Gateway and `keyfront serve` hand them over (decoded);
+`chalice local` hands them over as sent (percent-encoded).
 """
 
 from __future__ import annotations
