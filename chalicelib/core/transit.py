@@ -74,7 +74,7 @@ from chalicelib.formats.key_backup import (
     wrapped_to_json,
 )
 from chalicelib.hsm import WrappedKey
-from chalicelib.store import Check, Op, Put, Store, Update
+from chalicelib.store import Op, Put, Store, Update
 
 if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
@@ -146,6 +146,9 @@ class TransitKey:
     created_at: int
     updated_at: int
     min_available_version: int = 1  # versions below were trimmed away
+    # seconds between scheduled rotations (0: none); the scheduler's own copy is the index
+    # item (core/rotation.py), written in the same transaction
+    rotation_period: int = 0
     state: KeyState = KeyState.ACTIVE
     item_version: int = 0  # the store's optimistic-concurrency version of the record
 
@@ -190,6 +193,8 @@ class TransitKey:
         # written only when they differ from what records older than them meant
         if self.min_available_version != 1:
             item["min_available_version"] = self.min_available_version
+        if self.rotation_period:
+            item["rotation_period"] = self.rotation_period
         if self.state != KeyState.ACTIVE:
             item["state"] = str(self.state)
         return item
@@ -225,6 +230,7 @@ class TransitKey:
                 objectid=objectid, origin=origin,
                 created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
                 min_available_version=int(item.get("min_available_version", 1)),
+                rotation_period=int(item.get("rotation_period", 0)),
                 state=KeyState(item.get("state", KeyState.ACTIVE)),
                 item_version=int(item["version"]),
             )
@@ -546,7 +552,8 @@ class TransitKeys:
             def attempt() -> TransitKey:
                 key = self._require(grant.ring, name)
                 return self._rotated(op, key, self._schedule.pushed_ops(
-                    self.kind.name, key.ring, key.name, key.objectid, self._clock()))
+                    self.kind.name, key.ring, key.name, key.objectid, self._clock())
+                    if key.rotation_period else [])
             return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
 
     def _rotated(self, op: Operation, key: TransitKey, also: list[Op]) -> TransitKey:
@@ -577,27 +584,29 @@ class TransitKeys:
 
     def set_rotation(self, ring: str, name: str, period: int, *,
                      principal: str) -> Entry | None:
-        """Set the key's rotation period in seconds (0: off), audited under `principal`."""
+        """Set the key's rotation period in seconds (0: off), audited under `principal`:
+        the record, the index item and the audit record in one transaction."""
         with self._audit.operation(None, self.action("key.schedule"), self.obj(ring, name),
                                    principal=principal) as op:
             op.note(period=period)
-            return self._scheduled(op, ring, name, period)
 
-    def _scheduled(self, op: Operation, ring: str, name: str, period: int) -> Entry | None:
-        """The index item, a check that the key is as read and the audit record in one
-        transaction; retried against fresh reads."""
-        def attempt() -> Entry | None:
-            key = self._require(ring, name)
-            ops, entry = self._schedule.set_ops(self.kind.name, ring, name, period,
-                                                key.objectid, self._clock())
-            op.commit([Check(key.pk, key.sk, key.item_version), *ops])
-            return entry
-        return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+            def attempt() -> Entry | None:
+                key = self._require(ring, name)
+                ops, entry = self._scheduled(key, period)
+                op.commit(ops)
+                return entry
+            try:
+                return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+            finally:
+                self._records.drop((ring, name))
 
-    def rotation_period(self, key: TransitKey) -> int:
-        """The key's rotation period in seconds (0: not scheduled)."""
-        entry = self._schedule.get(self.kind.name, key.ring, key.name)
-        return entry.period if entry is not None and entry.incarnation == key.objectid else 0
+    def _scheduled(self, key: TransitKey, period: int) -> tuple[list[Op], Entry | None]:
+        """The record with its period and the index item, conditional on both as read, and
+        the entry they leave."""
+        index, entry = self._schedule.set_ops(self.kind.name, key.ring, key.name, period,
+                                              key.objectid, self._clock())
+        new = replace(key, rotation_period=period, updated_at=int(self._clock()))
+        return [Update(new.to_item(), key.item_version), *index], entry
 
     def rotate_due(self, entry: Entry, now: float, *, principal: str) -> str:
         """The scheduler's rotation of a due key (see rotation.Rotatable.rotate_due)."""
@@ -649,15 +658,16 @@ class TransitKeys:
                     changes["min_decryption_version"] = min_decryption_version
                 if allow_delete is not None:
                     changes["allow_delete"] = allow_delete
+                ops: list[Op] = []
+                if rotation_period is not None:
+                    changes["rotation_period"] = rotation_period
+                    op.note(period=rotation_period)
+                    ops = self._schedule.set_ops(self.kind.name, key.ring, key.name,
+                                                 rotation_period, key.objectid,
+                                                 self._clock())[0]
                 new = replace(key, updated_at=int(self._clock()), **changes)
                 op.note(key_version=new.latest_version)
-                ops: list[Op] = [Update(new.to_item(), key.item_version)]
-                if rotation_period is not None:
-                    op.note(period=rotation_period)
-                    ops += self._schedule.set_ops(self.kind.name, key.ring, key.name,
-                                                  rotation_period, key.objectid,
-                                                  self._clock())[0]
-                op.commit(ops)
+                op.commit([Update(new.to_item(), key.item_version), *ops])
                 return replace(new, item_version=key.item_version + 1)
             return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
 

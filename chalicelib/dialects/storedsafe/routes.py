@@ -143,12 +143,13 @@ def _enc(data: bytes) -> str:
 
 
 def _metadata(key: TransitKey) -> dict[str, Any]:
-    """The vendor's KEYS entry, plus min_decryption_version."""
+    """The vendor's KEYS entry, plus min_decryption_version and auto_rotate_period."""
     return {
         "name": key.name, "key_version": str(key.latest_version), "type": key.type,
         "allow_backup": key.allow_backup, "allow_export": key.allow_export,
         "allow_delete": key.allow_delete, "supports_signing": False, "info": key.info,
         "min_decryption_version": str(key.min_decryption_version), "objectid": key.objectid,
+        "auto_rotate_period": str(key.rotation_period),  # as Vault's key read, in seconds
     }
 
 
@@ -191,8 +192,7 @@ def read_key(version: str, vaultid: str, name: str) -> Response:
     call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.read")
     key = call.core.read_key(call.grant, name)
     return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
-                   KEYS=[{**_metadata(key),
-                          "auto_rotate_period": str(call.core.rotation_period(key))}])
+                   KEYS=[_metadata(key)])
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"],
@@ -221,7 +221,7 @@ def configure_key(version: str, vaultid: str, name: str) -> Response:
     return call.ok(200, {**_key_info(key),
                          "min_decryption_version": str(key.min_decryption_version),
                          "allow_delete": key.allow_delete,
-                         "auto_rotate_period": str(call.core.rotation_period(key))})
+                         "auto_rotate_period": str(key.rotation_period)})
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["DELETE"],
