@@ -21,6 +21,22 @@ Events:
   the other kinds' keys do not rotate, which these events answer as an error)
   (environments of the Apinizer dialect's projects; an environment with keys deployed to it
   is not deleted)
+  {"action": "key-usage", "kind": "...", "ring": "...", "id"?: "..."}
+                                                 -> {"ok": true, "usage": [{...}]}
+  (the last use of a key, or of every key of the ring with a recorded use; `id` is the key's
+  vendor identifier: StoredSafe name, MiaRec key id, AI-VAULT master-key name or "psk/NAME",
+  Apinizer key name, Auth0 signing-key kid)
+  {"action": "delete-key", "kind": "...", "ring": "...", "id": "...", "force": bool}
+                                                 -> {"ok": true}
+  (the vendor's own delete of that key under the admin principal; `force` overrides the
+  delete guard, KEYFRONT_DELETE_GUARD_SECONDS)
+  {"action": "rewrap", "to_version": N, "max_items": 1000}
+                                                 -> {"ok": true, "done": bool, "status": {...}}
+  (one bounded run of the KEK roll to version N, the configured one; invoke again until done)
+  {"action": "rewrap-check", "to_version": N}    -> {"ok": true, "done": bool, "blobs": {...},
+                                                     "other_kek": n, "places": [...], ...}
+  {"action": "destroy-kek", "version": M}        -> {"ok": true, "destroyed": [labels]}
+  (refused while a stored blob names KEK M, and for the configured version)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
 invocation (see `invoke`), so `aws lambda invoke` reports a FunctionError.
 """
@@ -33,14 +49,18 @@ import re
 import uuid
 from typing import Any
 
+from chalicelib.core.access import Grant, check
+from chalicelib.core.kinds import KINDS
 from chalicelib.core.services import Services, get_services
-from chalicelib.core.tokens import Scope
-from chalicelib.errors import InvalidInput, InvalidState, KeyfrontError
+from chalicelib.core.tokens import Caller, Principal, Scope
+from chalicelib.errors import InvalidInput, InvalidState, KeyfrontError, NotFound
 
 ADMIN_PRINCIPAL = "admin-function"
 # environment names: what a path segment and the ring "<project>/<environment>" carry safely
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_TEXT = 1024
+# items one `rewrap` event reads at most: a bounded run well within the function's timeout
+DEFAULT_REWRAP_ITEMS = 1000
 
 
 def _text(event: dict[str, Any], field: str, *, required: bool = True) -> str | None:
@@ -82,11 +102,112 @@ def _environments(event: dict[str, Any], svc: Services, action: str) -> dict[str
     return {"ok": True, "environment": dataclasses.asdict(env)}
 
 
+def _admin_grant(kind: str, ring: str, action: str, rid: str, *, force: bool = False) \
+        -> Grant:
+    """The admin function's grant for `action` on (kind, ring): every permission of the
+    kind on that ring, under ADMIN_PRINCIPAL (what audit records name)."""
+    k = KINDS[kind]
+    principal = Principal(token_id="", name=ADMIN_PRINCIPAL,
+                          scopes=(Scope(kind, ring, k.permissions),), expires_at=0)
+    grant = check(Caller(principal, rid), k, ring, f"{kind}.{action}")
+    return dataclasses.replace(grant, force=force)
+
+
+def _key_domain(svc: Services, kind: str) -> Any:
+    """The domain of a kind's keys (the dialect's factory: the one this process serves)."""
+    from chalicelib.dialects.aivault.routes import master_keys
+    from chalicelib.dialects.apinizer.routes import project_keys
+    from chalicelib.dialects.auth0.routes import signing_rings
+    from chalicelib.dialects.miarec.routes import tenant_keys
+    from chalicelib.dialects.storedsafe.routes import transit_keys
+
+    factory = {"storedsafe": transit_keys, "miarec": tenant_keys, "aivault": master_keys,
+               "apinizer": project_keys, "auth0": signing_rings}[kind]
+    return svc.domain(factory)  # type: ignore[arg-type]
+
+
+def _key_id(domain: Any, kind: str, ring: str, ident: str, rid: str) -> str:
+    """The id a key's use is recorded under, from its vendor identifier (the key as it is
+    now: a deleted key's use is never shown for a new key of the same name)."""
+    if kind == "storedsafe":
+        return str(domain.read_key(_admin_grant(kind, ring, "key.read", rid), ident).objectid)
+    if kind in ("miarec", "apinizer"):
+        return str(domain.get(_admin_grant(kind, ring, "key.read", rid), ident).id)
+    if kind == "aivault":
+        secret = ident.startswith("psk/")
+        name = ident.removeprefix("psk/")
+        found = domain.secrets(_admin_grant(kind, ring, "secret.list", rid),
+                               name_contains=name) if secret else \
+            domain.keys(_admin_grant(kind, ring, "key.list", rid), name_contains=name)
+        for item in found:
+            if item.name == name:
+                return str(item.id)
+        raise NotFound("no such key", reason="key_not_found")
+    return ident  # auth0: signing keys are named by their kid
+
+
+def _key_usage(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any]:
+    """The key-usage event."""
+    kind, ring = _kind(event), str(_text(event, "ring"))
+    ident = _text(event, "id", required=False)
+    domain = _key_domain(svc, kind)
+    if ident is None:
+        return {"ok": True, "usage": [u.to_dict() for u in domain.usage.ring(kind, ring)]}
+    use = domain.usage.last(kind, ring, _key_id(domain, kind, ring, ident, rid))
+    return {"ok": True, "usage": [] if use is None else [use.to_dict()]}
+
+
+def _delete_key(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any]:
+    """The delete-key event: the domain's own delete, under the admin principal."""
+    kind, ring, ident = _kind(event), str(_text(event, "ring")), str(_text(event, "id"))
+    force = event.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput("force must be true or false", field="force")
+    domain = _key_domain(svc, kind)
+    if kind == "storedsafe":
+        domain.delete(_admin_grant(kind, ring, "key.delete", rid, force=force), ident)
+    elif kind in ("miarec", "apinizer"):
+        domain.delete(_admin_grant(kind, ring, "key.delete", rid, force=force), ident)
+    elif kind == "aivault" and ident.startswith("psk/"):
+        domain.delete_secret(_admin_grant(kind, ring, "secret.delete", rid, force=force),
+                             ident.removeprefix("psk/"))
+    elif kind == "aivault":
+        domain.delete_key(_admin_grant(kind, ring, "key.delete", rid, force=force), ident)
+    else:
+        raise InvalidInput("auth0 signing keys are revoked, not deleted", field="kind")
+    if force:  # the delete's own record names the admin principal; this says it was forced
+        svc.audit.record(None, "key.delete.force", f"{kind}/{ring}/{ident}",
+                         principal=ADMIN_PRINCIPAL, request_id=rid, ring_kind=kind)
+    return {"ok": True}
+
+
+def _kind(event: dict[str, Any]) -> str:
+    kind = event.get("kind")
+    if kind not in KINDS:
+        raise InvalidInput(f"kind is one of {', '.join(sorted(KINDS))}", field="kind")
+    return str(kind)
+
+
+def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
+    """The KEK roll events: one bounded run, a check, the destruction of an old KEK."""
+    from chalicelib.core.kek_roll import KekRoll
+
+    roll = KekRoll(svc.store, svc.hsm, svc.audit, svc.settings)
+    if action == "destroy-kek":
+        return {"ok": True, "destroyed": roll.destroy(event.get("version"),
+                                                      principal=ADMIN_PRINCIPAL)}
+    if action == "rewrap-check":
+        return {"ok": True, **roll.check(event.get("to_version"))}
+    status = roll.run(event.get("to_version"),
+                      max_items=event.get("max_items", DEFAULT_REWRAP_ITEMS),
+                      principal=ADMIN_PRINCIPAL)
+    return {"ok": True, "done": status.done, "status": status.as_dict()}
+
+
 def _rotation(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
     """The scheduled-rotation events (set, get, list) over the domains whose keys rotate."""
     from chalicelib import maintenance
     from chalicelib.core import rotation
-    from chalicelib.core.kinds import KINDS
 
     domains = maintenance.rotation_domains(svc)
     kind = _text(event, "kind", required=action != "list-rotations")
@@ -157,11 +278,18 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
             from chalicelib import maintenance
 
             return maintenance.run(svc, only=_text(event, "only", required=False))
+        if action == "key-usage":
+            return _key_usage(event, svc, rid)
+        if action == "delete-key":
+            return _delete_key(event, svc, rid)
+        if action in ("rewrap", "rewrap-check", "destroy-kek"):
+            return _kek(event, svc, action)
         if action in ("set-rotation", "get-rotation", "list-rotations"):
             return _rotation(event, svc, action)
         raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
                            "create-environment, list-environments, delete-environment, "
-                           "maintenance, set-rotation, get-rotation or list-rotations",
+                           "maintenance, key-usage, delete-key, rewrap, rewrap-check, "
+                           "destroy-kek, set-rotation, get-rotation or list-rotations",
                            field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}

@@ -160,6 +160,21 @@ def cmd_apinizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """A key's last use, or the admin delete of a key, through the admin function's code."""
+    event: dict[str, Any] = {"action": "key-usage" if args.keys_cmd == "usage"
+                             else "delete-key", "kind": args.kind, "ring": args.ring}
+    if args.id is not None:
+        event["id"] = args.id
+    if args.keys_cmd == "delete":
+        event["force"] = args.force
+    result = _admin(event)
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_rotation(args: argparse.Namespace) -> int:
     """Scheduled rotation periods through the admin function's code."""
     event: dict[str, Any] = {"action": f"{args.rotation_cmd}-rotation"
@@ -177,13 +192,42 @@ def cmd_rotation(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_hsm_init(args: argparse.Namespace) -> int:
-    """Create the KEK and the bind key on the configured token if absent."""
+def cmd_hsm(args: argparse.Namespace) -> int:
+    """HSM set-up: create the KEK and the bind key on the configured token if absent; roll
+    the stored blobs to a KEK version (or check them); destroy an old KEK version."""
+    if args.hsm_cmd == "rewrap":
+        return _rewrap(args)
+    if args.hsm_cmd == "destroy-kek":
+        result = _admin({"action": "destroy-kek", "version": args.version})
+        if not result.get("ok"):
+            return _fail(result.get("message", "failed"))
+        print(json.dumps(result, sort_keys=True))
+        return 0
     from chalicelib.hsm.bootstrap import ensure_keys
 
     created = ensure_keys(Settings.from_env())
     print(json.dumps({"created": created}))
     return 0
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    """`hsm rewrap`: bounded runs of the admin event until the pass is done (one JSON line
+    per run), or with --check one full check that changes nothing (status 1 while blobs
+    remain under other KEKs)."""
+    if args.check:
+        result = _admin({"action": "rewrap-check", "to_version": args.to_version})
+        if not result.get("ok"):
+            return _fail(result.get("message", "failed"))
+        print(json.dumps(result, sort_keys=True))
+        return 0 if result["done"] else 1
+    while True:
+        result = _admin({"action": "rewrap", "to_version": args.to_version,
+                         "max_items": args.max_items})
+        if not result.get("ok"):
+            return _fail(result.get("message", "failed"))
+        print(json.dumps(result, sort_keys=True), flush=True)
+        if result["done"]:
+            return 1 if result["status"]["counts"]["failed"] else 0
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -380,9 +424,25 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--name", required=True, help="the environment's name")
     ap.set_defaults(func=cmd_apinizer)
 
-    k = sub.add_parser("keys", help="key lifecycle beyond the vendors (scheduled rotation)",
-                       description="Keys of every dialect, beyond what the vendors offer.")
-    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="WHAT")
+    k = sub.add_parser("keys", help="keys of every dialect: last use, admin delete, "
+                                    "scheduled rotation",
+                       description="Keys of every dialect, by kind, ring and the key's "
+                                   "vendor identifier (AI-VAULT PSKs: psk/NAME).")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    ku = ksub.add_parser("usage", help="when a key was last used, and for what",
+                         description="The last use of a key, or of every key of the ring "
+                                     "with a recorded use (deleted keys' too, by key id).")
+    kd = ksub.add_parser("delete", help="delete a key as its vendor's API does",
+                         description="The vendor's delete of a key, run by the admin "
+                                     "principal; --force overrides the delete guard "
+                                     "(KEYFRONT_DELETE_GUARD_SECONDS).")
+    for kp, id_help in ((ku, "the key (default: every key of the ring)"), (kd, "the key")):
+        kp.add_argument("kind", choices=sorted(PERMISSIONS), help="the ring kind")
+        kp.add_argument("ring", help="the ring (vault, tenant, domain, project)")
+        kp.add_argument("id", nargs="?" if kp is ku else None, help=id_help)
+    kd.add_argument("--force", action="store_true",
+                    help="delete although the key was used within the guard's window")
+    k.set_defaults(func=cmd_keys)
     rot = ksub.add_parser("rotation", help="set, show or list scheduled rotation periods",
                           description="Scheduled rotation: storedsafe keys (ID: the key's "
                                       "name) and auth0 key rings (ID: 'signing' or a "
@@ -401,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl = rsub.add_parser("list", help="list every scheduled key",
                          description="List the scheduled keys and their next rotation.")
     rl.add_argument("--kind", default=None, help="only this ring kind")
-    k.set_defaults(func=cmd_rotation)
+    rot.set_defaults(func=cmd_rotation)
 
     h = sub.add_parser("hsm", help="HSM set-up",
                        description="Set up the HSM token named by the settings.")
@@ -409,7 +469,26 @@ def build_parser() -> argparse.ArgumentParser:
     hsub.add_parser("init", help="create the KEK and bind key if absent",
                     description="Create the KEK (KEYFRONT_KEK_VERSION) and the bind key on "
                                 "the token if they are absent.")
-    h.set_defaults(func=cmd_hsm_init)
+    hr = hsub.add_parser("rewrap", help="re-wrap every stored key blob under a KEK version",
+                         description="Re-wrap every stored key blob under KEK version N "
+                                     "(KEYFRONT_KEK_VERSION must be N and its KEK exist), "
+                                     "in bounded, resumable runs until the pass is done; "
+                                     "exit status 1 if blobs were reported and left.")
+    hr.add_argument("--to-version", dest="to_version", type=int, required=True,
+                    help="the KEK version N")
+    hr.add_argument("--check", action="store_true",
+                    help="change nothing: count the blobs by KEK and list those not under N "
+                         "(exit status 1 while any remain)")
+    hr.add_argument("--max-items", dest="max_items", type=int, default=1000,
+                    help="items one run reads (%(default)s); runs repeat until done")
+    hd = hsub.add_parser("destroy-kek", help="destroy an old KEK version once no blob uses it",
+                         description="Destroy the KEK and bind key of version M: refused "
+                                     "while any stored blob names it (a full check), and for "
+                                     "the configured version. Wait KEYFRONT_CACHE_SECONDS "
+                                     "after the roll finished first.")
+    hd.add_argument("--version", dest="version", type=int, required=True,
+                    help="the KEK version M")
+    h.set_defaults(func=cmd_hsm)
 
     av = sub.add_parser("aivault", help="AI-VAULT master-key files",
                         description="Open what the AI-VAULT dialect hands out.")

@@ -18,6 +18,13 @@ def _int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
 
 
+def _non_negative(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, not {value}")
+    return value
+
+
 def _capped(value: int, cap: int) -> int:
     return min(value, cap) if cap > 0 else value
 
@@ -92,6 +99,15 @@ class Settings:
     # beyond the lifetime of the token it was issued for).
     access_token_seconds: int = 3600
 
+    # Last use of every key (core/usage.py): a key's usage item is written at most once per
+    # key per this period per process (the first use in a process writes at once); also the
+    # bound on how late another process's uses reach the store.
+    usage_flush_seconds: int = 60
+    # A vendor delete of a key used within this many seconds is refused (the admin function
+    # forces it); 0 = off, so that vendors' clients that use a key and then delete it work
+    # unchanged. Across processes it sees uses up to usage_flush_seconds late.
+    delete_guard_seconds: int = 0
+
     # AI-VAULT: master keys (and pre-shared keys) per domain, as the vendor's --maxMkNum
     aivault_max_mk: int = 10
     aivault_max_psk: int = 10
@@ -157,6 +173,10 @@ class Settings:
                                       d.access_token_seconds),
             default_ring=_env("KEYFRONT_DEFAULT_RING",
                               _env("KEYFRONT_AUTH0_DEFAULT_TENANT", d.default_ring)),
+            usage_flush_seconds=_non_negative("KEYFRONT_USAGE_FLUSH_SECONDS",
+                                              d.usage_flush_seconds),
+            delete_guard_seconds=_non_negative("KEYFRONT_DELETE_GUARD_SECONDS",
+                                               d.delete_guard_seconds),
             aivault_max_mk=_int("KEYFRONT_AIVAULT_MAX_MK", d.aivault_max_mk),
             aivault_max_psk=_int("KEYFRONT_AIVAULT_MAX_PSK", d.aivault_max_psk),
             password_wrap_scrypt=_triple("KEYFRONT_PASSWORD_WRAP_SCRYPT",

@@ -3,8 +3,9 @@
 - `role_policy(role, ...)`: the IAM policy of each Lambda function. The API handler may read
   and write only the partitions it owns (every ring kind's `store_prefix`, the audit and the
   rate windows) and only read token records; the admin function owns the token partitions and
-  writes its audit records. Written to `.chalice/policy-<stage>-<role>.json` by
-  `keyfront deploy policies` (a test keeps the committed files equal to this).
+  writes its audit records, and (for the KEK roll) scans the table and rewrites ring items.
+  Written to `.chalice/policy-<stage>-<role>.json` by `keyfront deploy policies` (a test
+  keeps the committed files equal to this).
 - `merge_template(...)`: the CloudFormation fragment `chalice package --merge-template` adds:
   the one table definition, the runtime pinned, the admin function's name and ARN as outputs.
 
@@ -34,11 +35,15 @@ TOKEN_PARTITIONS = ("token#*", "tokens")  # hashed token records and the token i
 AUDIT_PARTITIONS = ("audit#*",)
 RATE_PARTITIONS = ("rate#*",)
 ROTATION_PARTITIONS = ("rotation",)  # the scheduled-rotation index (core/rotation.py)
+USAGE_PARTITIONS = ("usage#*",)  # the last use of each key (core/usage.py)
+KEK_ROLL_PARTITIONS = ("kek-roll",)  # core/kek_roll.py's progress items
 
 # Actions on items (a transaction is authorised item by item under these same actions).
 _ITEM_READ = ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:ConditionCheckItem")
 _ITEM_WRITE = ("dynamodb:PutItem", "dynamodb:DeleteItem")
 _TABLE_READ = ("dynamodb:DescribeTable",)
+# A Scan names no partition (no LeadingKeys): only the admin function's KEK roll scans.
+_TABLE_SCAN = ("dynamodb:Scan",)
 # What a Lambda function attached to a VPC needs to create and remove its network interfaces
 # (the actions of AWSLambdaVPCAccessExecutionRole).
 _VPC_ACTIONS = (
@@ -62,16 +67,21 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
     "maintenance")."""
     if role == "api":
         # a key's rotation period is set through a dialect too (and a rotation moves it on)
-        owned = ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + ROTATION_PARTITIONS
+        owned = (ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + USAGE_PARTITIONS
+                 + ROTATION_PARTITIONS)
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
-        owned = TOKEN_PARTITIONS + AUDIT_PARTITIONS + ROTATION_PARTITIONS
-        # setting a rotation period checks the key's record in the same transaction
-        return {"read": owned + ring_partitions(), "write": owned}
+        # tokens; the keys of every ring kind: the operator's forced delete, restore and
+        # rotation settings run the domains' own code under the admin principal, and the KEK
+        # roll (`rewrap`) rewrites blobs in every ring's partitions and keeps its progress in
+        # its own; minting tokens already gives this function every ring
+        owned = (TOKEN_PARTITIONS + AUDIT_PARTITIONS + ring_partitions() + USAGE_PARTITIONS
+                 + KEK_ROLL_PARTITIONS + ROTATION_PARTITIONS)
+        return {"read": owned, "write": owned}
     if role == "maintenance":
         # scheduled upkeep changes keys of every ring kind and audits what it did
-        owned = ring_partitions() + AUDIT_PARTITIONS + ROTATION_PARTITIONS
+        owned = ring_partitions() + AUDIT_PARTITIONS + USAGE_PARTITIONS + ROTATION_PARTITIONS
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 
@@ -105,6 +115,8 @@ def role_policy(role: str, table: str, pin_secret_arn: str | None = None,
         _on_partitions(_ITEM_READ, table_arn, use["read"]),
         _on_partitions(_ITEM_WRITE, table_arn, use["write"]),
         {"Effect": "Allow", "Action": list(_TABLE_READ), "Resource": table_arn},
+        *([{"Effect": "Allow", "Action": list(_TABLE_SCAN), "Resource": table_arn}]
+          if role == "admin" else []),
         {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
          "Resource": (pin_secret_arn or "arn:aws:secretsmanager:*:*:secret:keyfront/hsm-pin")
          + "*"},

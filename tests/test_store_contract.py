@@ -26,7 +26,7 @@ from chalicelib.errors import (
     StoreTransactionCancelled,
     Unavailable,
 )
-from chalicelib.store import Check, Delete, Page, Put, Store, Update, open_store
+from chalicelib.store import Check, Delete, Page, Put, Store, Update, cursor_past, open_store
 
 CCF = "ConditionalCheckFailed"
 REPO = Path(__file__).resolve().parent.parent
@@ -289,6 +289,81 @@ def test_bad_cursors_are_invalid_input(store: Store) -> None:
         store.query("d", "a#", cursor=cursor)  # another partition
     with pytest.raises(InvalidInput):
         store.query("c", "b#", cursor=cursor)  # another prefix
+
+
+# --- whole-store scan --------------------------------------------------------------------
+
+
+def scan_everything(store: Store, limit: int) -> list[Page]:
+    """Every page of scan_all, following cursors."""
+    pages, cursor = [], None
+    while True:
+        page = store.scan_all(cursor, limit=limit)
+        pages.append(page)
+        assert len(page.items) <= limit
+        if page.cursor is None:
+            return pages
+        cursor = page.cursor
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 12, 13])
+def test_scan_all_returns_every_item_once(store: Store, limit: int) -> None:
+    keys = {(f"p{i % 4}", f"s#{i:02d}") for i in range(12)}
+    for pk, sk in keys:
+        store.put_if_absent({"pk": pk, "sk": sk, "blob": b"\x00" + sk.encode()})
+    pages = scan_everything(store, limit)
+    got = [(i["pk"], i["sk"]) for p in pages for i in p.items]
+    assert sorted(got) == sorted(keys) and len(got) == len(keys)
+    assert all(i["version"] == 1 and i["blob"] == b"\x00" + i["sk"].encode()
+               for p in pages for i in p.items)
+    assert len(pages) == -(-12 // limit) and all(p.items for p in pages)
+    if store.name == "sqlite":
+        assert got == sorted(keys)  # SQLite's order is the primary key's
+
+
+def test_scan_all_resumes_after_changes_between_pages(store: Store) -> None:
+    for i in range(6):
+        store.put_if_absent({"pk": f"r{i}", "sk": "x"})
+    first = store.scan_all(limit=2)
+    seen = [(i["pk"], i["sk"]) for i in first.items]
+    # the item the cursor names is deleted, another one changed: the scan goes on after it
+    store.delete_if(*seen[-1])
+    rest = [(i["pk"], i["sk"]) for p in scan_everything_from(store, first.cursor, 2)
+            for i in p.items]
+    assert sorted(seen + rest) == sorted((f"r{i}", "x") for i in range(6))
+    assert not set(seen) & set(rest)
+
+
+def scan_everything_from(store: Store, cursor: str | None, limit: int) -> list[Page]:
+    """The pages of scan_all after `cursor`."""
+    pages = []
+    while cursor is not None:
+        page = store.scan_all(cursor, limit=limit)
+        pages.append(page)
+        cursor = page.cursor
+    return pages
+
+
+def test_scan_all_skips_a_whole_partition_from_cursor_past(store: Store) -> None:
+    for pk in ("a", "b", "c", "d"):
+        for i in range(5):
+            store.put_if_absent({"pk": pk, "sk": f"{i}" * (i + 1)})
+    order = [(i["pk"], i["sk"]) for p in scan_everything(store, 100) for i in p.items]
+    for pk in ("a", "b", "c", "d"):
+        after = [(i["pk"], i["sk"])
+                 for p in scan_everything_from(store, cursor_past(pk), 3) for i in p.items]
+        last = max(n for n, key in enumerate(order) if key[0] == pk)
+        assert after == order[last + 1:], pk
+
+
+def test_scan_all_of_an_empty_store_and_bad_arguments(store: Store) -> None:
+    assert store.scan_all() == Page([], None)
+    for bad in ["not base64!", "e30", "", "AAAA"]:
+        with pytest.raises(InvalidInput):
+            store.scan_all(bad)
+    for limit in (0, -1, True):
+        with pytest.raises(ValueError):
+            store.scan_all(limit=limit)
 
 
 # --- transactions ------------------------------------------------------------------------

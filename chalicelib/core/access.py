@@ -31,6 +31,9 @@ class Grant:
     variant: str | None
     held: frozenset[str]  # effective permissions on the ring (implications applied)
     obj: str = ""  # the audit object the request is about
+    # set only by the admin function: a delete goes ahead although the key was used within
+    # the delete guard's window (core/usage.py)
+    force: bool = False
 
     def holds(self, *perms: str) -> bool:
         """Does the caller also hold these (e.g. write, to create a key on first encrypt)?"""

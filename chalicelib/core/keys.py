@@ -4,16 +4,20 @@ Lifecycle: a key record is `active` until it is deleted; deletion first turns it
 `deleting` tombstone (written with the deletion's audit record), which reads treat as absent
 and whoever meets it purges (its versions, then itself).
 
-Version records are immutable once written (a version's wrapped blob never changes; it is only
-ever deleted), so they are cached in-process, bounded, keyed by their place.
+Version records are immutable once written (a version's key never changes; it is only ever
+deleted), so they are cached in-process, bounded, keyed by their place. A KEK roll re-wraps
+the blob under a new KEK (same key): a blob naming another KEK than the current one is cached
+for `cache_seconds` only, so that the old KEK can be destroyed that long after the roll.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import StrEnum
 
 from chalicelib.hsm import WrappedKey
@@ -29,25 +33,44 @@ class KeyState(StrEnum):
 
 
 class VersionCache:
-    """A bounded LRU of immutable version blobs by (partition, sort key); thread-safe."""
+    """A bounded LRU of immutable version blobs by (partition, sort key); thread-safe.
 
-    def __init__(self, size: int = VERSION_CACHE_SIZE) -> None:
+    Blobs under `current_kek` stay until evicted; a blob under another KEK (one a KEK roll
+    is replacing) is used for `seconds` after it was read, then read again.
+    """
+
+    def __init__(self, size: int = VERSION_CACHE_SIZE, *, current_kek: str | None = None,
+                 seconds: float = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[str, str], WrappedKey] = OrderedDict()
+        self._current_kek = current_kek
+        self._seconds = seconds
+        self._clock = clock
+        # (pk, sk) -> (blob, when it must be read again; None: never)
+        self._items: OrderedDict[tuple[str, str], tuple[WrappedKey, float | None]] = \
+            OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, pk: str, sk: str) -> WrappedKey | None:
         """The cached blob at (pk, sk), or None."""
         with self._lock:
             hit = self._items.get((pk, sk))
-            if hit is not None:
-                self._items.move_to_end((pk, sk))
-            return hit
+            if hit is None:
+                return None
+            if hit[1] is not None and self._clock() >= hit[1]:
+                del self._items[(pk, sk)]
+                return None
+            self._items.move_to_end((pk, sk))
+            return hit[0]
 
     def put(self, pk: str, sk: str, wrapped: WrappedKey) -> None:
         """Remember the blob read at (pk, sk)."""
+        until = None
+        if self._current_kek is not None and wrapped.kek_label != self._current_kek:
+            if self._seconds <= 0:
+                return
+            until = self._clock() + self._seconds
         with self._lock:
-            self._items[(pk, sk)] = wrapped
+            self._items[(pk, sk)] = (wrapped, until)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 

@@ -39,6 +39,7 @@ from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.core.rings import RingDomain
+from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import (
     Conflict,
     InvalidState,
@@ -156,7 +157,8 @@ class MasterKeys(RingDomain):
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
                  rate: GenerationRate, settings: Settings, *, max_keys: int,
-                 max_secrets: int, clock: Callable[[], float] = time.time) -> None:
+                 max_secrets: int, clock: Callable[[], float] = time.time,
+                 usage: KeyUsage | None = None) -> None:
         self.kind = kind
         self._store = store
         self._hsm = hsm
@@ -168,6 +170,8 @@ class MasterKeys(RingDomain):
         self._scrypt = settings.password_wrap_scrypt
         material.check_wrap_cost(*self._scrypt)  # a bad setting fails here, before any work
         self._clock = clock
+        # a key's material is handed out once, by its create: its one use ("export")
+        self.usage = usage or KeyUsage(store, settings, clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -282,6 +286,7 @@ class MasterKeys(RingDomain):
                         raise _key_name_taken() from None
                     raise
             retry(attempt, self._attempts, what="the ring")
+        self._used(ring, kid, "export", name)
         return self._key_view(ring, name, record), text
 
     def delete_key(self, grant: Grant, name: str) -> None:
@@ -293,6 +298,7 @@ class MasterKeys(RingDomain):
             def attempt() -> None:
                 record, key = self._key(ring, name)
                 check_deletable(key)
+                self.usage.guard(grant, key.id)
                 op.note(kid=key.id)
                 head = read_head(self._store, pk)
                 op.commit([head.replaced(key_removed(head.state)),
@@ -334,6 +340,7 @@ class MasterKeys(RingDomain):
                         raise _secret_name_taken() from None
                     raise
             retry(attempt, self._attempts, what="the ring")
+        self._used(ring, sid, "export", name)
         return self._secret_view(ring, name, record), text
 
     def delete_secret(self, grant: Grant, name: str) -> None:
@@ -347,6 +354,7 @@ class MasterKeys(RingDomain):
                 if record is None:
                     raise secret_not_found()
                 secret = self._secret_view(ring, name, record)
+                self.usage.guard(grant, secret.id)
                 op.note(kid=secret.id, bound_key=secret.key)
                 key_record = self._store.get(pk, KEY_PREFIX + secret.key)
                 if key_record is None or key_record.get("bound") != name:

@@ -59,6 +59,7 @@ from chalicelib.core.records import (
 )
 from chalicelib.core.rings import RingDomain
 from chalicelib.core.tokens import Caller, Scope, TokenService
+from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import (
     Conflict,
     Forbidden,
@@ -263,7 +264,8 @@ class ProjectKeys(RingDomain):
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
                  tokens: TokenService, rate: GenerationRate, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 usage: KeyUsage | None = None) -> None:
         self.kind = kind
         self._store = store
         self._hsm = hsm
@@ -275,6 +277,8 @@ class ProjectKeys(RingDomain):
         self._token_seconds = settings.access_token_seconds
         self.default_ring = settings.default_ring
         self._clock = clock
+        # uses: a deployment (create, update naming environments) and a material read
+        self.usage = usage or KeyUsage(store, settings, clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -532,6 +536,8 @@ class ProjectKeys(RingDomain):
                                        name=name) from None
                     raise
             retry(attempt, self._attempts, what="the project")
+        if entries:
+            self._used(ring, kid, "deploy", name)
         return (self._view(ring, kid, record),
                 Deployment(False, tuple(e.environment for e in entries)))
 
@@ -607,7 +613,10 @@ class ProjectKeys(RingDomain):
                     raise
                 return self._view(ring, kid, new), Deployment(False, tuple(names),
                                                               tuple(gone))
-            return retry(attempt, self._attempts, what="the key")
+            key, deployment = retry(attempt, self._attempts, what="the key")
+            if deployment.environments:  # every update redeploys
+                self._used(ring, key.id, "deploy", key.name)
+            return key, deployment
 
     def delete(self, grant: Grant, name: str, *, option: str | None = None) -> Deployment:
         """Undeploy a key from every environment and delete it, its claim released and the
@@ -620,6 +629,7 @@ class ProjectKeys(RingDomain):
 
             def attempt() -> Deployment:
                 record, key = self._record(ring, name)
+                self.usage.guard(grant, key.id)
                 head = read_head(self._store, pk)
                 op.note(kid=key.id, undeployed=[e.environment for e in key.environments])
                 count = max(0, int(head.state.get("count", 0)) - 1)
@@ -650,8 +660,10 @@ class ProjectKeys(RingDomain):
                          None)
             if entry is None:
                 raise key_not_found(name)
-            return key, material.open(self._hsm, self.context(ring, key.id, environment),
-                                      entry["sealed"])
+            opened = material.open(self._hsm, self.context(ring, key.id, environment),
+                                   entry["sealed"])
+            self._used(ring, key.id, "export", key.name)
+            return key, opened
 
     # ---- short-lived tokens ------------------------------------------------------------------
 

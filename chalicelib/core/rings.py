@@ -8,6 +8,7 @@ from typing import Any
 
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, object_name
+from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import MisplacedRecord
 
 
@@ -16,6 +17,7 @@ class RingDomain:
 
     kind: RingKind
     _audit: AuditLog
+    usage: KeyUsage  # last use of the domain's keys, by key id
 
     def action(self, verb: str) -> str:
         """The access/audit action of a verb ("key.create" -> "<kind>.key.create")."""
@@ -28,6 +30,11 @@ class RingDomain:
     def pk(self, ring: str) -> str:
         """The ring's partition."""
         return f"{self.kind.store_prefix}#{ring}"
+
+    def _used(self, ring: str, key_id: str, what: str, name: str = "") -> None:
+        """Note a use of key `key_id` of the ring (no store call but once per flush
+        period)."""
+        self.usage.record(self.kind.name, ring, key_id, what, name=name)
 
     def _audited(self, grant: Grant, obj: str, read: Callable[[], Any]) -> Any:
         """A read that audits only a misplaced record it meets (as a failure)."""

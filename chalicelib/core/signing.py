@@ -32,6 +32,7 @@ from chalicelib.core.rings import RingDomain
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
 from chalicelib.core.rotation import Entry, Schedule, drop
 from chalicelib.core.tokens import Caller, Principal
+from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
 from chalicelib.formats.algorithms import signing_alg
 from chalicelib.store import Op, Store
@@ -73,11 +74,14 @@ class SigningRings(RingDomain):
     """The domain over the process's store, HSM, audit and limits; one per container."""
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
-                 rate: GenerationRate, settings: Settings, keyed_types: frozenset[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 rate: GenerationRate, settings: Settings, keyed_types: frozenset[str], *,
+                 usage: KeyUsage | None = None, clock: Callable[[], float] = time.time) -> None:
         self.kind = kind
         self._clock = clock
         self._schedule = Schedule(store)
+        # the one use of a signing key is a signature by the ring's current key (`signer`);
+        # the API signs nothing itself and never hands private keys out
+        self.usage = usage or KeyUsage(store, settings)
         self._audit = audit
         self._rate = rate
         self._default = settings.default_ring
@@ -313,8 +317,11 @@ class SigningRings(RingDomain):
         return self.rings.jwks(ref, self._public_misplaced(ring))
 
     def signer(self, ring: str) -> Signer:
-        """The ring's current key for signing tokens (what an issuer would use)."""
-        return self.rings.signer(self._ensure(None, ring))
+        """The ring's current key for signing tokens (what an issuer would use): a use of
+        that key ("sign")."""
+        signer = self.rings.signer(self._ensure(None, ring))
+        self._used(ring, signer.kid, "sign")
+        return signer
 
     # ---- scheduled rotation (core/rotation.py): target "signing" or a connection id ---------
 

@@ -47,6 +47,7 @@ from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap, generation_cost
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.core.rings import RingDomain
+from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import (
     Conflict,
     Forbidden,
@@ -168,7 +169,8 @@ class TenantKeys(RingDomain):
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
                  rate: GenerationRate, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 usage: KeyUsage | None = None) -> None:
         self.kind = kind
         self._store = store
         self._hsm = hsm
@@ -178,6 +180,7 @@ class TenantKeys(RingDomain):
         self._max_keys = settings.max_keys_per_ring
         self.default_ring = settings.default_ring
         self._clock = clock
+        self.usage = usage or KeyUsage(store, settings, clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -360,6 +363,7 @@ class TenantKeys(RingDomain):
         with self._audit.operation(grant.caller, grant.action, self.obj(ring, kid)) as op:
             def attempt() -> None:
                 record, key = self._record(ring, kid)
+                self.usage.guard(grant, kid)
                 head = read_head(self._store, pk)
                 op.note(kid=kid, active=key.active)
                 op.commit([head.replaced(removed(head.state, kid)),
@@ -465,8 +469,10 @@ class TenantKeys(RingDomain):
                                    self.obj(grant.ring, kid)) as op:
             op.note(kid=kid, hash=hash_name)
             wrapped = self._private(grant, kid, export=False)
-            return self._hsm.decrypt_rsa_oaep(wrapped, self.context(grant.ring, kid),
-                                              ciphertext, hash_name)
+            plaintext = self._hsm.decrypt_rsa_oaep(wrapped, self.context(grant.ring, kid),
+                                                   ciphertext, hash_name)
+            self._used(grant.ring, kid, "decrypt")
+            return plaintext
 
     def export(self, grant: Grant, kid: str, password: str) -> bytes:
         """The private key as PKCS#8 PEM encrypted under `password`: the one way private
@@ -487,5 +493,7 @@ class TenantKeys(RingDomain):
                                    self.obj(grant.ring, kid)) as op:
             op.note(kid=kid, type="pkcs8")
             wrapped = self._private(grant, kid, export=True)
-            return self._hsm.export_private_key_pkcs8(wrapped, self.context(grant.ring, kid),
-                                                      secret)
+            pem = self._hsm.export_private_key_pkcs8(wrapped, self.context(grant.ring, kid),
+                                                     secret)
+            self._used(grant.ring, kid, "export")
+            return pem

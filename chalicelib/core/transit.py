@@ -43,6 +43,7 @@ from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
 from chalicelib.core.rotation import Entry, Schedule, Superseded, drop
+from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import (
     BindingError,
     Conflict,
@@ -74,6 +75,7 @@ from chalicelib.formats.key_backup import (
     wrapped_to_json,
 )
 from chalicelib.hsm import WrappedKey
+from chalicelib.hsm.labels import kek_label
 from chalicelib.store import Op, Put, Store, Update
 
 if TYPE_CHECKING:
@@ -285,14 +287,19 @@ class TransitKeys:
     """
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
-                 settings: Settings, clock: Callable[[], float] = time.time) -> None:
+                 settings: Settings, clock: Callable[[], float] = time.time, *,
+                 usage: KeyUsage | None = None) -> None:
         self.kind = kind
         self._store = store
         self._hsm = hsm
         self._audit = audit
         self._settings = settings
         self._clock = clock
-        self._versions = VersionCache()
+        # last use per key incarnation (its objectid), written coalesced
+        self.usage = usage or KeyUsage(store, settings, clock)
+        # version blobs under an older KEK only for the cache bound (a KEK roll replaces them)
+        self._versions = VersionCache(current_kek=kek_label(settings),
+                                      seconds=settings.cache_seconds)
         self._schedule = Schedule(store)
         # Key records for key use (encrypt, decrypt, rewrap, data keys), for the settings'
         # bound; every other operation on a key drops its entry in this process.
@@ -321,6 +328,10 @@ class TransitKeys:
 
     def _pk(self, ring: str) -> str:
         return f"{self.kind.store_prefix}#{ring}"
+
+    def _used(self, key: TransitKey, what: str) -> None:
+        """Note a use of the key (no store call but once per flush period)."""
+        self.usage.record(self.kind.name, key.ring, key.objectid, what, name=key.name)
 
     # ---- store access -----------------------------------------------------------------------
 
@@ -704,6 +715,7 @@ class TransitKeys:
                 if not key.allow_delete:
                     raise InvalidState(f"deletion is not allowed for key {name} "
                                        "(allow_delete is false)", reason="delete_not_allowed")
+                self.usage.guard(grant, key.objectid)
                 tomb = replace(key, state=KeyState.DELETING, updated_at=int(self._clock()))
                 op.note(key_version=key.latest_version)
                 # conditional on the version read: a concurrent config change wins
@@ -734,7 +746,9 @@ class TransitKeys:
                                                         key_type or DEFAULT_KEY_TYPE)
             n = self._pick(key, key_version, "key_version")
             op.note(key_version=n)
-            return Encrypted(self._seal(key, n, plaintext), n, key, created)
+            sealed = self._seal(key, n, plaintext)
+            self._used(key, "encrypt")
+            return Encrypted(sealed, n, key, created)
 
     def _create_for_encrypt(self, grant: Grant, name: str,
                             key_type: str) -> tuple[TransitKey, bool]:
@@ -757,6 +771,7 @@ class TransitKeys:
             key = self._require_use(grant.ring, name, _version_of(parsed))
             plaintext, n = self._open(key, parsed)
             op.note(key_version=n)
+            self._used(key, "decrypt")
             return Decrypted(plaintext, n, key)
 
     def rewrap(self, grant: Grant, name: str, ciphertext: str, *,
@@ -770,7 +785,9 @@ class TransitKeys:
             plaintext, old = self._open(key, parsed)
             n = self._pick(key, to_version, "to_version")
             op.note(from_version=old, to_version=n)
-            return Encrypted(self._seal(key, n, plaintext), n, key)
+            sealed = self._seal(key, n, plaintext)
+            self._used(key, "rewrap")
+            return Encrypted(sealed, n, key)
 
     def datakey(self, grant: Grant, name: str, *, bits: int = DEFAULT_DATAKEY_BITS,
                 key_version: int | None = None) -> DataKey:
@@ -786,8 +803,9 @@ class TransitKeys:
             n = self._pick(key, key_version, "key_version")
             raw = self._hsm.random_bytes(bits // 8)
             op.note(key_version=n)
-            return DataKey(self._seal(key, n, raw), raw if with_plaintext else None, n, bits,
-                           key)
+            sealed = self._seal(key, n, raw)
+            self._used(key, "datakey")
+            return DataKey(sealed, raw if with_plaintext else None, n, bits, key)
 
     # ---- export, backup, restore ------------------------------------------------------------
 
@@ -813,6 +831,7 @@ class TransitKeys:
                 except (BindingError, Forbidden) as exc:
                     # the record allows export: a blob that fails or refuses is not its own
                     raise self._blob_failed(key, n) from exc
+            self._used(key, "export")
             return key, material
 
     def backup(self, grant: Grant, name: str) -> tuple[TransitKey, str]:
@@ -847,6 +866,7 @@ class TransitKeys:
                 versions.append({"key_version": n, "wrapped": wrapped_to_json(moved)})
             doc = backup_document(self.kind.name, meta, versions)
             op.note(key_version=key.latest_version, count=len(versions))
+            self._used(key, "backup")
             raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
             return key, base64.b64encode(raw).decode("ascii")
 

@@ -497,6 +497,80 @@ class Hsm:
 
         return self._ts.run(op)
 
+    # ---- KEK versions ------------------------------------------------------------------
+
+    def rewrap(self, key: WrappedKey, context: str, to_version: int) -> WrappedKey:
+        """The same key wrapped under the KEK of `to_version` and tagged with that version's
+        bind key, still bound to `context` (a KEK roll; the material never leaves the HSM).
+
+        The tag is checked against `context` first (BindingError for a blob that is edited,
+        or bound elsewhere: it is never re-tagged into validity). The blob is unwrapped into
+        a throw-away session object, sensitive (its value is never readable) and extractable
+        only so that the new KEK can wrap it, and destroyed before returning. A blob already
+        under `to_version` comes back unchanged. Unavailable when that KEK or its bind key
+        is missing.
+        """
+        _require_context(context)
+        target = kek_label(self.settings, to_version)
+
+        def op(state: SessionState) -> WrappedKey:
+            self._verify(state, key, context, _key_message(key, context))
+            if key.kek_label == target:
+                return key
+            if key.kind not in _KINDS:
+                raise errors.BindingError(INTEGRITY_MESSAGE)
+            try:
+                kek = state.secret_key(target, KeyType.AES)
+            except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
+                raise errors.Unavailable(f"KEK {target} is not available") from exc
+            obj = self._unwrap(state, key, sensitive=True, extractable=True)
+            try:
+                blob = bytes(kek.wrap_key(obj, mechanism=self._wrap_mechanism))
+            finally:
+                obj.destroy()
+            moved = dataclasses.replace(key, kek_label=target,
+                                        mechanism=self._wrap_mechanism.name, blob=blob,
+                                        tag=b"")
+            return dataclasses.replace(moved, tag=self._tag(
+                state, target, _key_message(moved, context)))
+
+        return self._ts.run(op)
+
+    def kek_exists(self, version: int) -> bool:
+        """Whether the token holds the KEK and the bind key of `version` (looked up afresh,
+        so a key created or destroyed by another process is seen)."""
+        labels = ((kek_label(self.settings, version), KeyType.AES),
+                  (bind_key_label(self.settings, version), KeyType.GENERIC_SECRET))
+
+        def op(state: SessionState) -> bool:
+            return all(state.fresh_secret_keys(label, key_type) for label, key_type in labels)
+
+        return self._ts.run(op)
+
+    def destroy_kek(self, version: int) -> list[str]:
+        """Destroy the KEK and the bind key of `version` on the token; the labels destroyed
+        (empty when neither was there). Never the configured version (InvalidState).
+
+        Blobs still wrapped under it can no longer be used: callers check that none remain.
+        """
+        if version == self.settings.kek_version:
+            raise errors.InvalidState("the KEK new blobs are wrapped under is never destroyed")
+        labels = ((kek_label(self.settings, version), KeyType.AES),
+                  (bind_key_label(self.settings, version), KeyType.GENERIC_SECRET))
+
+        def op(state: SessionState) -> list[str]:
+            destroyed = []
+            for label, key_type in labels:
+                found = state.fresh_secret_keys(label, key_type)
+                for obj in found:
+                    obj.destroy()
+                state.forget(label, key_type)
+                if found:
+                    destroyed.append(label)
+            return destroyed
+
+        return self._ts.run(op)
+
     # ---- using keys --------------------------------------------------------------------
 
     def sign(self, key: WrappedKey, context: str, data: bytes, scheme: SignScheme) -> bytes:

@@ -163,6 +163,18 @@ class SessionState:
             self._keys[k] = obj
         return obj
 
+    def fresh_secret_keys(self, label: str, key_type: KeyType) -> list[Any]:
+        """Every token secret key with `label` and `key_type`, looked up now (not from the
+        handle cache: another process may have created or destroyed it)."""
+        return list(self.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                              Attribute.TOKEN: True,
+                                              Attribute.KEY_TYPE: key_type,
+                                              Attribute.LABEL: label}))
+
+    def forget(self, label: str, key_type: KeyType) -> None:
+        """Drop the cached handle of a token key (it was destroyed)."""
+        self._keys.pop((label, key_type), None)
+
     def find_secret_key(self, label: str, key_type: KeyType) -> Any | None:
         """Like secret_key, but None when absent."""
         try:

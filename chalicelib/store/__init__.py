@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from chalicelib.config import Settings
+from chalicelib.store._items import cursor_past
 from chalicelib.store._items import encode_cursor as cursor_after
 from chalicelib.store.base import Check, Delete, Item, Op, Page, Put, Store, Update
 
 __all__ = ["Check", "Delete", "Item", "Op", "Page", "Put", "Store", "Update", "cursor_after",
-           "open_store"]
+           "cursor_past", "open_store"]
 
 MAX_TRANSACTION_OPS = 100  # DynamoDB's TransactWriteItems limit; the SQLite store has none
 

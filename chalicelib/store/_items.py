@@ -134,6 +134,29 @@ def encode_cursor(pk: str, sk: str) -> str:
     return base64.urlsafe_b64encode(raw.encode("utf-8")).rstrip(b"=").decode("ascii")
 
 
+# Above every sort key in use (the largest code point): a cursor "after" it is past the whole
+# partition, in both backends' scan order (a partition's items are contiguous there).
+PARTITION_END = "\U0010ffff"
+
+
+def cursor_past(pk: str) -> str:
+    """A scan_all cursor that resumes after every item of partition pk."""
+    return encode_cursor(pk, PARTITION_END)
+
+
+def decode_scan_cursor(cursor: str) -> tuple[str, str]:
+    """(pk, sk) to continue a whole-store scan after; InvalidInput for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw.decode("utf-8"))
+        pk, sk = data["pk"], data["sk"]
+    except (binascii.Error, ValueError, UnicodeError, TypeError, KeyError) as e:
+        raise InvalidInput("invalid pagination cursor") from e
+    if not isinstance(pk, str) or not isinstance(sk, str) or not pk or not sk:
+        raise InvalidInput("invalid pagination cursor")
+    return pk, sk
+
+
 def decode_cursor(cursor: str, pk: str, sk_prefix: str) -> str:
     """The sk to continue after; InvalidInput for a cursor not made by this query."""
     try:

@@ -76,6 +76,13 @@ class Store(ABC):
         """Items of partition pk whose sk starts with sk_prefix, in sk order, paged."""
 
     @abstractmethod
+    def scan_all(self, cursor: str | None = None, *, limit: int = 100) -> Page:
+        """Every item of the store, a page at a time (SQLite: in (pk, sk) order; DynamoDB:
+        in its Scan order); each cursor resumes after the last item of its page, whatever
+        was written or deleted meanwhile, and `cursor_past(pk)` after a whole partition.
+        For whole-store maintenance, never a request."""
+
+    @abstractmethod
     def put_if_absent(self, item: Item) -> Item:
         """Write item with version 1; StoreConditionFailed if (pk, sk) exists."""
 

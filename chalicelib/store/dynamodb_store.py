@@ -29,9 +29,11 @@ from chalicelib.errors import (
 from chalicelib.store._items import (
     VERSION_ATTR,
     check_key,
+    check_limit,
     check_ops,
     check_query,
     decode_cursor,
+    decode_scan_cursor,
     encode_cursor,
     split_item,
     stored,
@@ -58,6 +60,7 @@ REQUIRED_IAM_ACTIONS = (
     "dynamodb:PutItem",
     "dynamodb:DeleteItem",
     "dynamodb:Query",
+    "dynamodb:Scan",  # the admin function's whole-store maintenance (a KEK roll)
     "dynamodb:ConditionCheckItem",
     "dynamodb:DescribeTable",
 )
@@ -262,6 +265,29 @@ class DynamoStore(Store):
         items = [_from_dynamo(raw) for raw in raw_items[:limit]]
         more = len(raw_items) > limit
         return Page(items, encode_cursor(pk, items[-1]["sk"]) if more else None)
+
+    def scan_all(self, cursor: str | None = None, *, limit: int = 100) -> Page:
+        """Every item of the table, a page at a time (DynamoDB's Scan order, strongly
+        consistent reads); the cursor is the last item's key (ExclusiveStartKey)."""
+        check_limit(limit)
+        request: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
+        start = None if cursor is None else _key(*decode_scan_cursor(cursor))
+        # as query: one more than limit, so the last page has no cursor; a response stops
+        # at 1 MB, so loop
+        raw_items: list[dict[str, Any]] = []
+        while True:
+            if start is not None:
+                request["ExclusiveStartKey"] = start
+            request["Limit"] = limit + 1 - len(raw_items)
+            with aws_errors():
+                resp = self._client.scan(**request)
+            raw_items.extend(resp.get("Items", []))
+            start = resp.get("LastEvaluatedKey")
+            if len(raw_items) > limit or start is None:
+                break
+        items = [_from_dynamo(raw) for raw in raw_items[:limit]]
+        more = len(raw_items) > limit
+        return Page(items, encode_cursor(items[-1]["pk"], items[-1]["sk"]) if more else None)
 
     def put_if_absent(self, item: Item) -> Item:
         """Write item with version 1; StoreConditionFailed if (pk, sk) exists."""

@@ -20,9 +20,11 @@ from chalicelib.errors import StoreConditionFailed, StoreTransactionCancelled, U
 from chalicelib.store._items import (
     CONDITION_FAILED,
     check_key,
+    check_limit,
     check_ops,
     check_query,
     decode_cursor,
+    decode_scan_cursor,
     encode_cursor,
     split_item,
     stored,
@@ -167,6 +169,22 @@ class SqliteStore(Store):
         items = [stored(pk, sk, _loads(data), version) for sk, version, data in rows[:limit]]
         more = len(rows) > limit
         return Page(items, encode_cursor(pk, items[-1]["sk"]) if more else None)
+
+    def scan_all(self, cursor: str | None = None, *, limit: int = 100) -> Page:
+        """Every item of the store in (pk, sk) order, a page at a time."""
+        check_limit(limit)
+        sql = "SELECT pk, sk, version, data FROM items"
+        params: list[Any] = []
+        if cursor is not None:
+            sql += " WHERE (pk, sk) > (?, ?)"  # a row value: the primary key's order
+            params += decode_scan_cursor(cursor)
+        sql += " ORDER BY pk, sk LIMIT ?"
+        params.append(limit + 1)
+        with self._db() as db:
+            rows = db.execute(sql, params).fetchall()
+        items = [stored(pk, sk, _loads(data), version) for pk, sk, version, data in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(items[-1]["pk"], items[-1]["sk"]) if more else None)
 
     def put_if_absent(self, item: Item) -> Item:
         """Write item with version 1; StoreConditionFailed if (pk, sk) exists."""

@@ -37,6 +37,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "key_cap_reached": ("31000003", "the number of master keys reached the upper limit"),
     "key_already_bound": ("31000004", "the master key is already bound to a PSK"),
     "key_bound": ("31000005", "the master key is bound to a PSK and cannot be deleted"),
+    # keyfront's delete guard: the vendor's code for a key that cannot be deleted now
+    "key_in_use": ("31000005", "the key was used recently and cannot be deleted"),
     "key_name_taken": ("31000008", "the master key name already exists"),
     "secret_name_taken": ("31000009", "the PSK name already exists"),
     "secret_cap_reached": ("31000010", "the number of PSKs reached the upper limit"),

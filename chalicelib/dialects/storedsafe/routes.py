@@ -191,8 +191,13 @@ def read_key(version: str, vaultid: str, name: str) -> Response:
     """One key's metadata. Read."""
     call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.read")
     key = call.core.read_key(call.grant, name)
+    # keyfront's addition, like Vault's key fields a client ignores if it does not know them
+    use = call.core.usage.last(KIND.name, key.ring, key.objectid)
+    last = None if use is None else use.to_dict()
     return call.ok(200, {"version": str(key.latest_version), "objectid": key.objectid},
-                   KEYS=[_metadata(key)])
+                   KEYS=[{**_metadata(key),
+                          "last_used": last and last["last_used_at"],
+                          "last_used_for": last and last["last_used_for"]}])
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}/rotate", methods=["POST"],
