@@ -6,15 +6,18 @@ keys without reading any ring:
     pk "rotation"   sk "{kind}#{ring}#{target}"   period (seconds), next_due (epoch seconds),
                                                   incarnation (which key it was set on)
 
-The period lives only there (a key without an item is not scheduled). Kinds and rings never
-hold "#", so the sort key names its key unambiguously; it is the only source of the key's
+The item is what the scheduler goes by (a key without one is not scheduled); a domain may
+keep a copy of the period in its key record, written in the same transaction (so a read of
+the key shows it without reading the index). The kinds that rotate have no "#" in their
+ring ids, so the sort key names its key unambiguously; it is the only source of the key's
 identity (records.Place). `incarnation` names the one key the period was set on (a key id
 that a re-created name does not reuse), so a schedule never applies to a later key of the
 same name.
 
 Every change goes through a compare-and-swap on the item's version, in the same transaction
 as what it is about:
-- setting a period: the item's put/update/delete, a check of the key's record, the audit;
+- setting a period: the item's put/update/delete, the key's record (changed, or checked
+  unchanged), the audit record;
 - a scheduled rotation: the key's new version and the item's next_due moved, conditional on
   the item's version AS READ: of two schedulers racing, one commits, the other finds the item
   changed and stops (`Superseded`), so a due key rotates exactly once;
