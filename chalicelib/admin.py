@@ -19,6 +19,15 @@ Events:
   {"action": "list-rotations", "kind"?: "..."}  -> {"ok": true, "rotations": [...]}
   (scheduled rotation: storedsafe keys by name, auth0 rings by "signing" or a connection id;
   the other kinds' keys do not rotate, which these events answer as an error)
+  {"action": "list-deleted", "kind"?, "ring"?}  -> {"ok": true, "deleted": [{kind, ring, id,
+                                                    name, deleted_at, deleted_by, purge_after,
+                                                    due, purging}]}  (never material)
+  {"action": "restore-deleted", "kind", "ring", "id"} -> {"ok": true, "restored": {...}}
+  {"action": "purge-deleted", "all_due": true}  -> {"ok": true, "purged": n, "waiting": m,
+                                                    "failed": [...]}
+  {"action": "purge-deleted", "kind", "ring", "id"} (that one now, due or not)
+  (deleted keys of every dialect, while their deletion window runs; a restore is refused with
+  error "conflict" and a message naming what stands in the way)
   (environments of the Apinizer dialect's projects; an environment with keys deployed to it
   is not deleted)
   {"action": "key-usage", "kind": "...", "ring": "...", "id"?: "..."}
@@ -46,11 +55,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 import uuid
 from typing import Any
 
 from chalicelib.core.access import Grant, check
-from chalicelib.core.kinds import KINDS
+from chalicelib.core.deleted import Adapter, Bin
+from chalicelib.core.kinds import (
+    KINDS,
+    MASTER_KEYS,
+    PROJECT_KEYS,
+    SIGNING,
+    TENANT_KEYS,
+    TRANSIT,
+)
 from chalicelib.core.services import Services, get_services
 from chalicelib.core.tokens import Caller, Principal, Scope
 from chalicelib.errors import InvalidInput, InvalidState, KeyfrontError, NotFound
@@ -113,17 +131,28 @@ def _admin_grant(kind: str, ring: str, action: str, rid: str, *, force: bool = F
     return dataclasses.replace(grant, force=force)
 
 
-def _key_domain(svc: Services, kind: str) -> Any:
-    """The domain of a kind's keys (the dialect's factory: the one this process serves)."""
+def _domains(svc: Services) -> dict[str, Any]:
+    """The keys' domain of every ring kind: the ones the dialects use, built through the
+    container as the dialects build them."""
     from chalicelib.dialects.aivault.routes import master_keys
     from chalicelib.dialects.apinizer.routes import project_keys
     from chalicelib.dialects.auth0.routes import signing_rings
     from chalicelib.dialects.miarec.routes import tenant_keys
     from chalicelib.dialects.storedsafe.routes import transit_keys
 
-    factory = {"storedsafe": transit_keys, "miarec": tenant_keys, "aivault": master_keys,
-               "apinizer": project_keys, "auth0": signing_rings}[kind]
-    return svc.domain(factory)  # type: ignore[arg-type]
+    return {TRANSIT: svc.domain(transit_keys), SIGNING: svc.domain(signing_rings),
+            TENANT_KEYS: svc.domain(tenant_keys), MASTER_KEYS: svc.domain(master_keys),
+            PROJECT_KEYS: svc.domain(project_keys)}
+
+
+def deletion_adapters(svc: Services) -> dict[str, Adapter]:
+    """The deleted-key adapter of every ring kind (its keys' domain)."""
+    return _domains(svc)
+
+
+def _key_domain(svc: Services, kind: str) -> Any:
+    """The domain of a kind's keys."""
+    return _domains(svc)[kind]
 
 
 def _key_id(domain: Any, kind: str, ring: str, ident: str, rid: str) -> str:
@@ -148,7 +177,7 @@ def _key_id(domain: Any, kind: str, ring: str, ident: str, rid: str) -> str:
 
 def _key_usage(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any]:
     """The key-usage event."""
-    kind, ring = _kind(event), str(_text(event, "ring"))
+    kind, ring = str(_kind(event, required=True)), str(_text(event, "ring"))
     ident = _text(event, "id", required=False)
     domain = _key_domain(svc, kind)
     if ident is None:
@@ -159,7 +188,8 @@ def _key_usage(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any]
 
 def _delete_key(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any]:
     """The delete-key event: the domain's own delete, under the admin principal."""
-    kind, ring, ident = _kind(event), str(_text(event, "ring")), str(_text(event, "id"))
+    kind = str(_kind(event, required=True))
+    ring, ident = str(_text(event, "ring")), str(_text(event, "id"))
     force = event.get("force", False)
     if not isinstance(force, bool):
         raise InvalidInput("force must be true or false", field="force")
@@ -181,12 +211,6 @@ def _delete_key(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any
     return {"ok": True}
 
 
-def _kind(event: dict[str, Any]) -> str:
-    kind = event.get("kind")
-    if kind not in KINDS:
-        raise InvalidInput(f"kind is one of {', '.join(sorted(KINDS))}", field="kind")
-    return str(kind)
-
 
 def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
     """The KEK roll events: one bounded run, a check, the destruction of an old KEK."""
@@ -204,15 +228,57 @@ def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
     return {"ok": True, "done": status.done, "status": status.as_dict()}
 
 
+def deleted_bin(svc: Services) -> Bin:
+    """The deleted-key entries, for the operator's list, restore and purge."""
+    return Bin(svc.store, svc.audit, window_seconds=svc.settings.deletion_window_seconds,
+               attempts=svc.settings.retry_attempts)
+
+
+def _kind(event: dict[str, Any], *, required: bool) -> str | None:
+    kind = _text(event, "kind", required=required)
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput(f"kind is one of {', '.join(sorted(KINDS))}", field="kind")
+    return kind
+
+
+def _purged(summary: dict[str, Any]) -> dict[str, Any]:
+    """A purge's result: not ok while an entry failed (run it again: it resumes)."""
+    if summary["failed"]:
+        return {"ok": False, "error": "purge_failed", **summary,
+                "message": f"{len(summary['failed'])} deleted keys were not purged (see the "
+                           "logs); run the purge again"}
+    return {"ok": True, **summary}
+
+
+def _deleted(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
+    """The deleted-key events (list, restore, purge)."""
+    bin_ = deleted_bin(svc)
+    now = time.time()
+    if action == "list-deleted":
+        kind = _kind(event, required=False)
+        ring = _text(event, "ring", required=False)
+        if ring is not None and kind is None:
+            raise InvalidInput("a ring is listed within a kind", field="kind")
+        return {"ok": True, "deleted": [d.summary(now) for d in bin_.entries(kind, ring)]}
+    if action == "purge-deleted" and event.get("all_due") is True:
+        return _purged(bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL))
+    kind = str(_kind(event, required=True))
+    ring, oid = str(_text(event, "ring")), str(_text(event, "id"))
+    if action == "purge-deleted":
+        return _purged(bin_.purge(deletion_adapters(svc), principal=ADMIN_PRINCIPAL,
+                                  kind=kind, ring=ring, oid=oid))
+    restored = bin_.restore(kind, ring, oid, deletion_adapters(svc)[kind],
+                            principal=ADMIN_PRINCIPAL)
+    return {"ok": True, "restored": restored.summary(now)}
+
+
 def _rotation(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
     """The scheduled-rotation events (set, get, list) over the domains whose keys rotate."""
     from chalicelib import maintenance
     from chalicelib.core import rotation
 
     domains = maintenance.rotation_domains(svc)
-    kind = _text(event, "kind", required=action != "list-rotations")
-    if kind is not None and kind not in KINDS:
-        raise InvalidInput(f"kind is one of {', '.join(sorted(KINDS))}", field="kind")
+    kind = _kind(event, required=action != "list-rotations")
     if kind is not None and kind not in domains:
         raise InvalidState(f"rotation does not apply to {kind} keys: scheduled rotation "
                            f"covers {' and '.join(sorted(domains))} keys only",
@@ -284,12 +350,15 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
             return _delete_key(event, svc, rid)
         if action in ("rewrap", "rewrap-check", "destroy-kek"):
             return _kek(event, svc, action)
+        if action in ("list-deleted", "restore-deleted", "purge-deleted"):
+            return _deleted(event, svc, action)
         if action in ("set-rotation", "get-rotation", "list-rotations"):
             return _rotation(event, svc, action)
         raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
                            "create-environment, list-environments, delete-environment, "
                            "maintenance, key-usage, delete-key, rewrap, rewrap-check, "
-                           "destroy-kek, set-rotation, get-rotation or list-rotations",
+                           "destroy-kek, list-deleted, restore-deleted, purge-deleted, "
+                           "set-rotation, get-rotation or list-rotations",
                            field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}

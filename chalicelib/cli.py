@@ -161,14 +161,29 @@ def cmd_apinizer(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """A key's last use, or the admin delete of a key, through the admin function's code."""
-    event: dict[str, Any] = {"action": "key-usage" if args.keys_cmd == "usage"
-                             else "delete-key", "kind": args.kind, "ring": args.ring}
-    if args.id is not None:
-        event["id"] = args.id
-    if args.keys_cmd == "delete":
-        event["force"] = args.force
-    result = _admin(event)
+    """Keys of every dialect through the admin function's code: a key's last use, the
+    vendor's delete run by the admin, and deleted keys (list, restore, purge)."""
+    event: dict[str, Any]
+    if args.keys_cmd in ("usage", "delete"):
+        event = {"action": "key-usage" if args.keys_cmd == "usage" else "delete-key",
+                 "kind": args.kind, "ring": args.ring, "id": args.id}
+        if args.keys_cmd == "delete":
+            event["force"] = args.force
+    elif args.keys_cmd == "deleted":
+        event = {"action": "list-deleted", "kind": args.kind, "ring": args.ring}
+    elif args.keys_cmd == "restore":
+        event = {"action": "restore-deleted", "kind": args.kind, "ring": args.ring,
+                 "id": args.id}
+    elif args.all_due:
+        if args.target:
+            return _fail("give --all-due or KIND RING ID, not both")
+        event = {"action": "purge-deleted", "all_due": True}
+    elif len(args.target) == 3:
+        kind, ring, oid = args.target
+        event = {"action": "purge-deleted", "kind": kind, "ring": ring, "id": oid}
+    else:
+        return _fail("give --all-due or KIND RING ID")
+    result = _admin({k: v for k, v in event.items() if v is not None})
     if not result.get("ok"):
         return _fail(result.get("message", "failed"))
     print(json.dumps(result, sort_keys=True))
@@ -424,24 +439,44 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--name", required=True, help="the environment's name")
     ap.set_defaults(func=cmd_apinizer)
 
-    k = sub.add_parser("keys", help="keys of every dialect: last use, admin delete, "
-                                    "scheduled rotation",
+    k = sub.add_parser("keys", help="keys of every dialect: last use, admin delete, deleted "
+                                    "keys (list, restore, purge), scheduled rotation",
                        description="Keys of every dialect, by kind, ring and the key's "
-                                   "vendor identifier (AI-VAULT PSKs: psk/NAME).")
+                                   "vendor identifier (AI-VAULT PSKs: psk/NAME). Deleted keys "
+                                   "wait for the deletion window "
+                                   "(KEYFRONT_DELETION_WINDOW_DAYS) before they are purged.")
     ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
     ku = ksub.add_parser("usage", help="when a key was last used, and for what",
                          description="The last use of a key, or of every key of the ring "
                                      "with a recorded use (deleted keys' too, by key id).")
-    kd = ksub.add_parser("delete", help="delete a key as its vendor's API does",
-                         description="The vendor's delete of a key, run by the admin "
-                                     "principal; --force overrides the delete guard "
-                                     "(KEYFRONT_DELETE_GUARD_SECONDS).")
-    for kp, id_help in ((ku, "the key (default: every key of the ring)"), (kd, "the key")):
-        kp.add_argument("kind", choices=sorted(PERMISSIONS), help="the ring kind")
-        kp.add_argument("ring", help="the ring (vault, tenant, domain, project)")
-        kp.add_argument("id", nargs="?" if kp is ku else None, help=id_help)
-    kd.add_argument("--force", action="store_true",
-                    help="delete although the key was used within the guard's window")
+    kdel = ksub.add_parser("delete", help="delete a key as its vendor's API does",
+                           description="The vendor's delete of a key, run by the admin "
+                                       "principal; --force overrides the delete guard "
+                                       "(KEYFRONT_DELETE_GUARD_SECONDS).")
+    for parser, id_help in ((ku, "the key (default: every key of the ring)"),
+                            (kdel, "the key")):
+        parser.add_argument("kind", choices=sorted(PERMISSIONS), help="the ring kind")
+        parser.add_argument("ring", help="the ring (vault, tenant, domain, project)")
+        parser.add_argument("id", nargs="?" if parser is ku else None, help=id_help)
+    kdel.add_argument("--force", action="store_true",
+                      help="delete although the key was used within the guard's window")
+    kd = ksub.add_parser("deleted", help="list deleted keys (never their material)",
+                         description="List the deleted keys still restorable or due.")
+    kd.add_argument("--kind", help="only this ring kind (" + ", ".join(PERMISSIONS) + ")")
+    kd.add_argument("--ring", help="only this ring (with --kind)")
+    kr = ksub.add_parser("restore", help="restore a deleted key as it was",
+                         description="Restore a deleted key (refused if its name is taken, "
+                         "its ring is full, or what it needs is gone).")
+    kr.add_argument("kind", help="ring kind (" + ", ".join(PERMISSIONS) + ")")
+    kr.add_argument("ring", help="the ring it was deleted from")
+    kr.add_argument("id", help="its id (as `keyfront keys deleted` lists it)")
+    kp = ksub.add_parser("purge", help="destroy deleted keys now",
+                         description="Purge every deleted key past its window (--all-due), "
+                         "or one named by KIND RING ID, due or not.")
+    kp.add_argument("--all-due", dest="all_due", action="store_true",
+                    help="every deleted key past its window")
+    kp.add_argument("target", nargs="*", metavar="KIND RING ID",
+                    help="one deleted key")
     k.set_defaults(func=cmd_keys)
     rot = ksub.add_parser("rotation", help="set, show or list scheduled rotation periods",
                           description="Scheduled rotation: storedsafe keys (ID: the key's "

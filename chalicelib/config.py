@@ -29,6 +29,14 @@ def _capped(value: int, cap: int) -> int:
     return min(value, cap) if cap > 0 else value
 
 
+def _days(name: str, default_seconds: int) -> int:
+    """A whole number of days (0 or more), as seconds."""
+    days = _int(name, default_seconds // 86400)
+    if days < 0:
+        raise ValueError(f"{name} must be 0 or more days")
+    return days * 86400
+
+
 def _triple(name: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
     n, r, p = (int(v) for v in _env(name, ",".join(map(str, default))).split(","))
     return n, r, p
@@ -115,6 +123,10 @@ class Settings:
     # test suite lowers it to keep its many creations cheap, the file records what was used
     password_wrap_scrypt: tuple[int, int, int] = (2**15, 8, 3)
 
+    # Recoverable deletion: how long a deleted key can still be restored before the purge
+    # destroys it (KEYFRONT_DELETION_WINDOW_DAYS, default 7; 0 = destroyed at once).
+    deletion_window_seconds: int = 7 * 24 * 3600
+
     @property
     def audit_partitions(self) -> int:
         """Audit partitions per day, `audit_shards` resolved for the store in use."""
@@ -181,4 +193,6 @@ class Settings:
             aivault_max_psk=_int("KEYFRONT_AIVAULT_MAX_PSK", d.aivault_max_psk),
             password_wrap_scrypt=_triple("KEYFRONT_PASSWORD_WRAP_SCRYPT",
                                          d.password_wrap_scrypt),
+            deletion_window_seconds=_days("KEYFRONT_DELETION_WINDOW_DAYS",
+                                          d.deletion_window_seconds),
         )

@@ -24,7 +24,21 @@ PRINCIPAL = "scheduler"  # the audit principal of scheduled work
 
 # (name, step): step(services, now) -> summary; `now` is epoch seconds
 Step = Callable[[Services, float], dict[str, Any]]
-STEPS: list[tuple[str, Step]] = []
+
+
+def purge(services: Services, now: float) -> dict[str, Any]:
+    """Destroy the deleted keys whose deletion window has passed (core/deleted.py)."""
+    from chalicelib.admin import deleted_bin, deletion_adapters
+
+    out = deleted_bin(services).purge(deletion_adapters(services), principal=PRINCIPAL,
+                                      now=now)
+    if out["failed"]:  # the step fails (and the next run resumes those entries)
+        raise KeyfrontError(f"{len(out['failed'])} deleted keys were not purged (see the "
+                            f"logs); {out['purged']} were", reason="purge_failed")
+    return out
+
+
+STEPS: list[tuple[str, Step]] = [("purge", purge)]
 
 
 def run(services: Services | None = None, now: float | None = None,

@@ -20,6 +20,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, KeySet
 
+from chalicelib import admin
 from chalicelib.core.rotating import KEY_SK_PREFIX
 from tests.auth0_support import connection_ring, domain, ring_state, tenant_ring
 
@@ -319,12 +320,18 @@ def test_connection_key_slots_and_errors(live_server):
             assert r.status == 400 and r.json["error"] == "Bad Request", r.text
             assert r.json["errorCode"] == "invalid_strategy"
 
-    # deleting the connection deletes its keys, in the same transaction
+    # deleting the connection hides its keys at once; its purge (after the deletion window,
+    # here at once by the admin function) deletes them
     assert api.delete(f"/api/v2/connections/{cid}").status == 202
     pk = f"auth0#{api.tenant}#conkeys#{cid}"
-    assert live_server.services.store.query(pk).items == []
     assert api.get(f"/tenants/{api.tenant}/connections/{cid}/.well-known/jwks.json").status \
         == 404
+    assert api.get(f"/api/v2/connections/{cid}/keys").status == 404
+    assert live_server.services.store.query(pk).items
+    done = admin.handle({"action": "purge-deleted", "kind": "auth0", "ring": api.tenant,
+                         "id": cid}, live_server.services)
+    assert done["ok"] and done["purged"] == 1, done
+    assert live_server.services.store.query(pk).items == []
 
     acts = {a["object"] for a in _audit(live_server, "auth0.connection_key.create")}
     assert {f"auth0/{api.tenant}/connections/{cid}/keys/{k}" for k in (cur, nxt)} <= acts

@@ -4,6 +4,7 @@ stderr and a non-zero exit, never a traceback; --version; help on every command 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -147,3 +148,39 @@ def test_every_command_and_flag_has_help():
             assert action.help, f"{path} {action.option_strings or action.dest} has no help"
         parser.format_help()
     assert "keyfront deploy template" in seen and "keyfront hsm init" in seen
+
+
+def test_keys_deleted_restore_and_purge(tmp_path, settings):
+    import dataclasses
+
+    from chalicelib.core.access import check
+    from chalicelib.core.kinds import KINDS, TRANSIT
+    from chalicelib.core.services import Services
+    from chalicelib.core.tokens import Caller, Principal, Scope
+    from chalicelib.dialects.storedsafe.routes import transit_keys
+
+    db = str(tmp_path / "s.db")
+    svc = Services.build(dataclasses.replace(settings, sqlite_path=db))
+    caller = Caller(Principal("tid", "someone", (Scope.parse("storedsafe:42:read,write"),),
+                              2**40), "rid")
+    keys = transit_keys(svc)
+    oid = keys.create_key(check(caller, KINDS[TRANSIT], "42", "storedsafe.key.create"),
+                          "k").objectid
+    keys.delete(check(caller, KINDS[TRANSIT], "42", "storedsafe.key.delete"), "k")
+    env = {"KEYFRONT_SQLITE_PATH": db}
+
+    res = run("keys", "deleted", "--kind", "storedsafe", env=env)
+    assert res.returncode == 0, res.stderr
+    [listed] = json.loads(res.stdout)["deleted"]
+    assert (listed["ring"], listed["id"], listed["name"], listed["deleted_by"]) == \
+        ("42", oid, "k", "someone")
+    res = run("keys", "restore", "storedsafe", "42", oid, env=env)
+    assert res.returncode == 0 and json.loads(res.stdout)["restored"]["id"] == oid, res.stderr
+    one_error_line(run("keys", "restore", "storedsafe", "42", oid, env=env), "no deleted")
+    one_error_line(run("keys", "purge", env=env), "--all-due")
+    keys.delete(check(caller, KINDS[TRANSIT], "42", "storedsafe.key.delete"), "k")
+    res = run("keys", "purge", "--all-due", env=env)  # its window has not passed
+    assert res.returncode == 0 and json.loads(res.stdout)["waiting"] == 1, res.stderr
+    res = run("keys", "purge", "storedsafe", "42", oid, env=env)
+    assert res.returncode == 0 and json.loads(res.stdout)["purged"] == 1, res.stderr
+    assert json.loads(run("keys", "deleted", env=env).stdout)["deleted"] == []

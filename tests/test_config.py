@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from chalicelib.config import Settings
 
 
@@ -22,3 +24,14 @@ def test_numbers_and_backends(monkeypatch):
     monkeypatch.setenv("KEYFRONT_DYNAMODB_ENDPOINT", "")
     s = Settings.from_env()
     assert (s.store_backend, s.kek_version, s.dynamodb_endpoint) == ("dynamodb", 3, None)
+
+
+def test_the_deletion_window_is_days_kept_as_seconds(monkeypatch):
+    assert Settings.from_env().deletion_window_seconds == 7 * 86400
+    monkeypatch.setenv("KEYFRONT_DELETION_WINDOW_DAYS", "30")
+    assert Settings.from_env().deletion_window_seconds == 30 * 86400
+    monkeypatch.setenv("KEYFRONT_DELETION_WINDOW_DAYS", "0")
+    assert Settings.from_env().deletion_window_seconds == 0
+    monkeypatch.setenv("KEYFRONT_DELETION_WINDOW_DAYS", "-1")
+    with pytest.raises(ValueError, match="KEYFRONT_DELETION_WINDOW_DAYS"):
+        Settings.from_env()

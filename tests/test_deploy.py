@@ -190,6 +190,16 @@ def test_api_role_cannot_write_tokens():
     assert not _covered("kek-roll", api)
 
 
+def test_every_role_reaches_the_deleted_keys_and_the_admin_their_rings():
+    # a delete (api) moves a key into the "deleted" partition; a restore or a purge (admin,
+    # maintenance) writes it and the key's ring; only the admin function writes tokens
+    for role in deploy.FUNCTIONS:
+        assert _covered("deleted", _writes(role)), role
+        for kind in KINDS.values():
+            assert _covered(f"{kind.store_prefix}#ring-1#keys", _writes(role)), role
+    assert not _covered("tokens", _writes("maintenance"))
+
+
 def test_every_partition_the_admin_function_writes_is_its_own(tmp_path, settings):
     services = Services.build(dataclasses.replace(settings, sqlite_path=str(tmp_path / "a.db")))
     made = admin.handle({"action": "create-token", "principal": "ci", "ttl_seconds": 60,

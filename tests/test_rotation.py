@@ -218,6 +218,25 @@ def test_a_deleted_keys_schedule_is_dropped(live_server):
     assert [(r["principal"], r["details"]["period"]) for r in dropped] == [("scheduler", 0)]
 
 
+def test_a_restored_key_is_scheduled_again(live_server):
+    svc = live_server.services
+    ss = SS(live_server)
+    assert_success(ss.create("back"), 201)
+    assert_success(ss.config("back", auto_rotate_period=HOUR), 200)
+    assert_success(ss.delete("back"), 200)
+    assert _step(svc, time.time() + HOUR + 5)["failed"] == []  # its schedule is dropped
+    assert svc.store.get(rotation.PK, rotation.sort_key("storedsafe", ss.vault, "back")) is None
+    [gone] = _admin(svc, action="list-deleted", kind="storedsafe", ring=ss.vault)["deleted"]
+    out = _admin(svc, action="restore-deleted", kind="storedsafe", ring=ss.vault,
+                 id=gone["id"])
+    assert out["ok"], out
+    assert ss.key("back")["auto_rotate_period"] == str(HOUR)
+    got = _admin(svc, action="get-rotation", kind="storedsafe", ring=ss.vault, id="back")
+    assert got["rotation"]["period_seconds"] == HOUR
+    _step(svc, time.time() + HOUR + 5)
+    assert _version(ss, "back") == 2
+
+
 # ---- the admin function and the CLI ---------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["miarec", "aivault", "apinizer"])

@@ -8,6 +8,7 @@ import re
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from chalicelib import admin as admin_function
 from chalicelib.core.transit import version_aad
 from tests.storedsafe_support import SS, assert_fail, assert_success, b64, new_vault
 
@@ -206,9 +207,14 @@ def test_delete_is_refused_unless_allowed(live_server):
     assert_success(admin.create("locked"), 201)
     assert admin.key("locked")["objectid"] != ci["objectid"]
     assert_fail(admin.decrypt("locked", ct), 400)
-    # and the deleted key's version records are gone from the store
-    leftover = live_server.services.store.query(f"ss#{vault}#locked#{ci['objectid']}", "v#")
-    assert leftover.items == []
+    # the deleted key's version records wait for its deletion window; once it is purged
+    # they are gone from the store
+    versions = f"ss#{vault}#locked#{ci['objectid']}"
+    assert live_server.services.store.query(versions, "v#").items
+    done = admin_function.handle({"action": "purge-deleted", "kind": "storedsafe",
+                                  "ring": vault, "id": ci["objectid"]}, live_server.services)
+    assert done["ok"] and done["purged"] == 1
+    assert live_server.services.store.query(versions, "v#").items == []
 
 
 def test_delete_with_default_allow_delete(live_server):

@@ -5,6 +5,9 @@ Store layout, one partition per ring (pk "{prefix}#{ring}#connections"):
   sk "name#<name>" the name claim (records.claim): written in the same transaction as the
                    connection, so two racing creates of one name leave exactly one.
 
+A deleted connection's record moves into a deleted-key entry (core/deleted.py) and its name
+is released in the delete's transaction; a restore claims the name again.
+
 `options` may hold client secrets, so they are sealed (material.seal_json) under a
 per-connection key generated in the HSM. Their HSM context and AAD come from where the record
 was found (ring and id), never from fields inside it: a record copied elsewhere cannot be
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.core import material
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import forget_blob, restore_conflict
 from chalicelib.core.records import Place, claim, claimed, parsed, release, retry, scan
 from chalicelib.errors import (
     Conflict,
@@ -36,7 +40,7 @@ from chalicelib.errors import (
     StoreTransactionCancelled,
 )
 from chalicelib.formats.strict_json import json_problem
-from chalicelib.store import Check, Delete, Op, Put, Store
+from chalicelib.store import Check, Op, Put, Store
 
 if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
@@ -144,16 +148,26 @@ class Connections:
             raise Place(self.pk(ring), f"con#{cid}").misplaced("names another connection")
 
     def delete(self, op: Operation, ring: str, cid: str,
-               dependents: Callable[[], Sequence[Op]] = tuple) -> dict[str, Any]:
-        """Delete the connection, its name claim, `dependents()` (its keys) and write its
-        audit record, atomically."""
+               move: Callable[[dict[str, Any]], Sequence[Op]]) -> dict[str, Any]:
+        """Delete the connection: `move(record)` (the operations taking the record away, at
+        the version read), its name claim released and its audit record, atomically."""
         def attempt() -> dict[str, Any]:
             record = self.get(ring, cid)
             op.note(name=record["name"], strategy=record["strategy"])
-            op.commit([Delete(self.pk(ring), record["sk"], int(record["version"])),
-                       release(self.pk(ring), record["name"]), *dependents()])
+            op.commit([*move(record), release(self.pk(ring), record["name"])])
             return record
         return retry(attempt, self._attempts, what="the connection")
+
+    def restore_ops(self, ring: str, record: dict[str, Any]) -> list[Op]:
+        """The claim of a deleted connection's name again (the caller puts the record back);
+        Conflict (restore_conflict) if another connection holds the name now."""
+        if claimed(self._store, self.pk(ring), record["name"]) is not None:
+            raise restore_conflict(f"a connection named {record['name']} exists")
+        return [claim(self.pk(ring), record["name"], record["id"])]
+
+    def forget(self, ring: str, record: dict[str, Any]) -> None:
+        """Drop this process's HSM session copy of a purged connection's options key."""
+        forget_blob(self._hsm, record.get("options_key"), self._context(ring, record["id"]))
 
     @staticmethod
     def exists_check(record: dict[str, Any]) -> Check:

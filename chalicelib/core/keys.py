@@ -1,8 +1,8 @@
 """Keys: what every key domain shares about key records and their versions.
 
-Lifecycle: a key record is `active` until it is deleted; deletion first turns it into a
-`deleting` tombstone (written with the deletion's audit record), which reads treat as absent
-and whoever meets it purges (its versions, then itself).
+Lifecycle: a key record is `active` until it is deleted; deletion moves it into a deleted-key
+entry (core/deleted.py) until a restore or the purge. Records in state `deleting` (the
+tombstones of earlier releases) are treated as absent and purged by whoever meets them.
 
 Version records are immutable once written (a version's key never changes; it is only ever
 deleted), so they are cached in-process, bounded, keyed by their place. A KEK roll re-wraps

@@ -35,6 +35,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -43,11 +44,12 @@ from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import (
     Conflict,
     InvalidState,
+    LimitExceeded,
     NotFound,
     StoreTransactionCancelled,
 )
 from chalicelib.hsm import WrappedKey
-from chalicelib.store import Delete, Put, Store, Update
+from chalicelib.store import Op, Put, Store, Update
 
 if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
@@ -172,6 +174,8 @@ class MasterKeys(RingDomain):
         self._clock = clock
         # a key's material is handed out once, by its create: its one use ("export")
         self.usage = usage or KeyUsage(store, settings, clock)
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts, clock=clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -295,15 +299,19 @@ class MasterKeys(RingDomain):
         ring, pk = grant.ring, self.pk(grant.ring)
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(ring, "keys", name)) as op:
-            def attempt() -> None:
+            def attempt() -> Deleted:
                 record, key = self._key(ring, name)
                 check_deletable(key)
                 self.usage.guard(grant, key.id)
                 op.note(kid=key.id)
                 head = read_head(self._store, pk)
-                op.commit([head.replaced(key_removed(head.state)),
-                           Delete(pk, KEY_PREFIX + name, int(record["version"]))])
-            retry(attempt, self._attempts, what="the ring")
+                entry = self.bin.entry(self.kind.name, ring, key.id, name,
+                                       grant.caller.principal.name, [record],
+                                       {"what": "keys"})
+                op.commit([head.replaced(key_removed(head.state)), *entry.moved()])
+                return entry
+            entry = retry(attempt, self._attempts, what="the ring")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
 
     def create_secret(self, grant: Grant, *, name: str, key: str, remarks: str,
                       password: str) -> tuple[SharedSecret, str]:
@@ -364,10 +372,55 @@ class MasterKeys(RingDomain):
                 unbound = {k: v for k, v in key_record.items() if k != "version"}
                 unbound["bound"] = None
                 head = read_head(self._store, pk)
+                entry = self.bin.entry(self.kind.name, ring, secret.id, name,
+                                       grant.caller.principal.name, [record],
+                                       {"what": "secrets", "key_id": key_record["id"]})
                 op.commit([head.replaced(secret_removed(head.state)),
-                           Update(unbound, int(key_record["version"])),
-                           Delete(pk, SECRET_PREFIX + name, int(record["version"]))])
-            retry(attempt, self._attempts, what="the ring")
+                           Update(unbound, int(key_record["version"])), *entry.moved()])
+                return entry
+            entry = retry(attempt, self._attempts, what="the ring")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
+
+    # ---- the deleted-key adapter (core/deleted.py) -----------------------------------------
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """A master key back under its name (if free, within the cap); a secret back under
+        its name (if free, within the cap) and bound again to its master key, which must be
+        the same key as before (not a new one of its name) and bound to no other secret."""
+        ring, pk, name = entry.ring, self.pk(entry.ring), entry.name
+        head = read_head(self._store, pk)
+        try:
+            if entry.meta.get("what") == "keys":
+                if self._exists(ring, KEY_PREFIX, name):
+                    raise restore_conflict(f"master key name {name} is taken")
+                return [head.replaced(key_added(head.state, self._max_keys)),
+                        *entry.put_back()]
+            if self._exists(ring, SECRET_PREFIX, name):
+                raise restore_conflict(f"pre-shared secret name {name} is taken")
+            key_name = str(entry.records[0]["key"])
+            key_record = self._store.get(pk, KEY_PREFIX + key_name)
+            if key_record is None or key_record.get("id") != entry.meta.get("key_id"):
+                raise restore_conflict(f"master key {key_name} of the secret is gone")
+            if key_record.get("bound") is not None:
+                raise restore_conflict(f"master key {key_name} is bound to another "
+                                       "pre-shared secret")
+            bound = {k: v for k, v in key_record.items() if k != "version"}
+            bound["bound"] = name
+            return [head.replaced(secret_added(head.state, self._max_secrets)),
+                    Update(bound, int(key_record["version"])), *entry.put_back()]
+        except LimitExceeded as exc:
+            raise restore_conflict(f"the ring is full: {exc.message}") from None
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """Nothing in the store (the material is in the record, wrapped); this process's HSM
+        session copy of it is dropped."""
+        what = str(entry.meta.get("what"))
+        forget_blob(self._hsm, entry.records[0].get("wrapped"),
+                    self.context(entry.ring, what, entry.id))
+        return 0
+
+    def forget(self, entry: Deleted) -> None:
+        """Nothing is cached in-process."""
 
 
 def _key_name_taken() -> Conflict:

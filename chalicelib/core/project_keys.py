@@ -25,6 +25,11 @@ transaction, so of two concurrent renames to one name exactly one wins. A deploy
 condition on every environment it names (it still exists as read, not being deleted). Key
 ids are UUID version 7.
 
+A deleted key's record (its sealed material in it) moves into a deleted-key entry
+(core/deleted.py); a restore claims its name again and redeploys it to those of its
+environments that still exist (the same ones, by id); deployments to environments deleted
+meanwhile are dropped.
+
 The rules (`algorithm_of`, `deployed`) are pure functions; `ProjectKeys` adds the HSM and the
 store.
 """
@@ -43,6 +48,7 @@ from chalicelib.core import material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details, object_name
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap
 from chalicelib.core.records import (
@@ -65,11 +71,12 @@ from chalicelib.errors import (
     Forbidden,
     InvalidInput,
     InvalidState,
+    LimitExceeded,
     NotFound,
     StoreConditionFailed,
     StoreTransactionCancelled,
 )
-from chalicelib.store import Check, Delete, Put, Store, Update
+from chalicelib.store import Check, Delete, Op, Put, Store, Update
 
 if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
@@ -279,6 +286,8 @@ class ProjectKeys(RingDomain):
         self._clock = clock
         # uses: a deployment (create, update naming environments) and a material read
         self.usage = usage or KeyUsage(store, settings, clock)
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts, clock=clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -627,17 +636,64 @@ class ProjectKeys(RingDomain):
                                    self.obj(ring, "keys", name)) as op:
             op.note(option=option)
 
-            def attempt() -> Deployment:
+            def attempt() -> tuple[Deployment, Deleted]:
                 record, key = self._record(ring, name)
                 self.usage.guard(grant, key.id)
                 head = read_head(self._store, pk)
                 op.note(kid=key.id, undeployed=[e.environment for e in key.environments])
                 count = max(0, int(head.state.get("count", 0)) - 1)
+                # which environment each deployment was to (by id): a restore redeploys only
+                # to those still there, not to a new environment of the same name
+                envs = self._environment_items(ring)
+                entry = self.bin.entry(
+                    self.kind.name, ring, key.id, name, grant.caller.principal.name, [record],
+                    {"environments": {e.environment: envs[e.environment]["id"]
+                                      for e in key.environments if e.environment in envs}})
                 op.commit([head.replaced({**head.state, "count": count}),
-                           release(pk, name),
-                           Delete(pk, KEY_PREFIX + key.id, int(record["version"]))])
-                return Deployment(True, tuple(e.environment for e in key.environments))
-            return retry(attempt, self._attempts, what="the key")
+                           release(pk, name), *entry.moved()])
+                return Deployment(True, tuple(e.environment for e in key.environments)), entry
+            done, entry = retry(attempt, self._attempts, what="the key")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
+        return done
+
+    # ---- the deleted-key adapter (core/deleted.py) -----------------------------------------
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """The key back under its name (if free, within the cap), deployed to those of its
+        environments that still exist (the same environment, by id, not being deleted;
+        conditions on each); a deployment to an environment deleted meanwhile is dropped
+        with its sealed material."""
+        ring, pk, name = entry.ring, self.pk(entry.ring), entry.name
+        if claimed(self._store, pk, name) is not None:
+            raise restore_conflict(f"key name {name} is taken by another key")
+        head = read_head(self._store, pk)
+        count = int(head.state.get("count", 0))
+        try:
+            cap(count, self._max_keys, "keys per ring")
+        except LimitExceeded as exc:
+            raise restore_conflict(f"the project is full: {exc.message}") from None
+        envs = self._environment_items(ring)
+        was = entry.meta.get("environments") or {}
+        record = {k: v for k, v in entry.records[0].items() if k != "version"}
+        kept = [e for e in record["environments"] if e.get("name") in envs
+                and envs[e["name"]]["id"] == was.get(e["name"])]
+        record["environments"] = kept
+        return [head.replaced({**head.state, "count": count + 1}),
+                claim(pk, name, entry.id), Put(record),
+                *self._conditions(ring, [e["name"] for e in kept], envs)]
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """Nothing in the store (the sealed material is in the record the entry holds); this
+        process's HSM session copies of its sealing keys are dropped."""
+        for e in entry.records[0].get("environments") or ():
+            sealed = e.get("sealed") if isinstance(e, dict) else None
+            if isinstance(sealed, dict):
+                forget_blob(self._hsm, sealed.get("key"),
+                            self.context(entry.ring, entry.id, str(e.get("name"))))
+        return 0
+
+    def forget(self, entry: Deleted) -> None:
+        """Nothing of a key is cached in-process."""
 
     # ---- material --------------------------------------------------------------------------
 

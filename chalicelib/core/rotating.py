@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 
 from chalicelib.core.audit import Operation
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import forget_blob
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, retry, scan
 from chalicelib.errors import (
@@ -48,6 +49,7 @@ from chalicelib.errors import (
     InvalidState,
     MisplacedRecord,
     NotFound,
+    StoreConditionFailed,
     StoreTransactionCancelled,
 )
 from chalicelib.formats.algorithms import SigningAlg, signing_alg
@@ -397,11 +399,13 @@ class RotatingRings:
         return [self._view(ref, head_state, k["kid"], k) for k in (first, second)]
 
     def rotate(self, op: Operation, ref: RingRef, alg: str | None, obj: str, *,
+               conditions: Sequence[Check] = (),
                also: Callable[[], Sequence[Op]] = tuple) -> tuple[RingKey, list[str]]:
         """Rotate: returns (the new next key, retired kids); the audit record (object
         f"{obj}/{kid}") and the writes `also()` returns (read again on every attempt) are in
         the rotating transaction. The new key is generated once (of `alg`, or None: of the
-        next key's algorithm); the slot change is retried against fresh head versions."""
+        next key's algorithm); the slot change is retried against fresh head versions.
+        OwnerGone if one of `conditions` (checked in the same transaction) fails."""
         ring = self._settled(ref)
         if alg is None:
             upcoming = self._store.get(ref.pk, KEY_SK_PREFIX + str(ring["next"]))
@@ -431,7 +435,13 @@ class RotatingRings:
             ops += [Delete(ref.pk, KEY_SK_PREFIX + r) for r in retired]
             ops += also()
             op.note(kid=kid, algorithm=record["algorithm"], slot="next", count=len(retired))
-            op.commit(ops, obj=f"{obj}/{kid}")
+            try:
+                op.commit([*conditions, *ops], obj=f"{obj}/{kid}")
+            except StoreTransactionCancelled as exc:
+                failed = exc.failed_index
+                if failed is not None and failed < len(conditions):
+                    raise OwnerGone from None
+                raise
             return self._view(ref, head, kid, {**record, **changes[kid]}), retired
         return retry(attempt, self._attempts, what="the ring")
 
@@ -458,16 +468,22 @@ class RotatingRings:
             return self._view(ref, head, kid, shredded)
         return retry(attempt, self._attempts, what="the ring")
 
-    def delete_ops(self, ref: RingRef) -> list[Op]:
-        """Operations deleting the ring and its keys (for the owner's deleting transaction).
-
-        The head delete is conditional on its version, so a racing rotation fails one side.
-        """
-        ring = self._store.get(ref.pk, RING_SK)
-        if ring is None:
-            return [Check(ref.pk, RING_SK, None)]
-        return [Delete(ref.pk, RING_SK, int(ring["version"])),
-                *(Delete(ref.pk, it["sk"]) for it in scan(self._store, ref.pk, KEY_SK_PREFIX))]
+    def purge(self, ref: RingRef) -> int:
+        """Delete the ring's keys (each after this process's HSM session copy of it), then its
+        head, one by one (its owner is gone for good: nothing reads the ring); idempotent. How
+        many items went."""
+        gone = 0
+        found = list(scan(self._store, ref.pk, KEY_SK_PREFIX))
+        for it in found:
+            forget_blob(self._hsm, it.get("wrapped"),
+                        ref.key_context(str(it["sk"]).removeprefix(KEY_SK_PREFIX)))
+        for sk in [*(it["sk"] for it in found), RING_SK]:
+            try:
+                self._store.delete_if(ref.pk, sk)
+                gone += 1
+            except StoreConditionFailed:
+                pass  # not there (any more)
+        return gone
 
     # -- internals --
 

@@ -26,11 +26,12 @@ from chalicelib.core.access import Grant, RingKind, authorize, ring_of
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.connections import Connections
 from chalicelib.core.connections import not_found as connection_not_found
+from chalicelib.core.deleted import Bin, Deleted
 from chalicelib.core.limits import GenerationRate, generation_cost
 from chalicelib.core.records import retry
 from chalicelib.core.rings import RingDomain
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
-from chalicelib.core.rotation import Entry, Schedule, drop
+from chalicelib.core.rotation import Entry, Schedule, Superseded, drop
 from chalicelib.core.tokens import Caller, Principal
 from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
@@ -91,6 +92,8 @@ class SigningRings(RingDomain):
         self.rings = RotatingRings(store, hsm, settings.retry_attempts,
                                    settings.max_keys_per_ring)
         self._attempts = settings.retry_attempts
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts)
 
     # ---- names and access --------------------------------------------------------------------
 
@@ -168,14 +171,35 @@ class SigningRings(RingDomain):
             return out
 
     def delete_connection(self, grant: Grant, cid: str) -> None:
-        """The connection, its name and its keys go in one transaction with the record."""
+        """The connection moves into a deleted-key entry and its name is released, in one
+        transaction with the audit record; its keys stay (unreachable: every access reads
+        the connection first) until the purge after the deletion window."""
         grant.require(self.action("connection.delete"))
+        entries: list[Deleted] = []
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(grant.ring, "connections", cid)) as op:
-            def keys() -> list[Any]:
-                return self.rings.delete_ops(self.connection_ref(
-                    grant.ring, self.connections.get(grant.ring, cid)))
-            self.connections.delete(op, grant.ring, cid, keys)
+            def move(record: dict[str, Any]) -> list[Op]:
+                entries[:] = [self.bin.entry(self.kind.name, grant.ring, cid,
+                                             str(record["name"]), grant.caller.principal.name,
+                                             [record])]
+                return entries[0].moved()
+            self.connections.delete(op, grant.ring, cid, move)
+        self.bin.settle(entries[0], self, principal=grant.caller.principal.name)
+
+    # ---- the deleted-key adapter (core/deleted.py) -------------------------------------------
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """The connection back, its name claimed again (if free)."""
+        return [*entry.put_back(), *self.connections.restore_ops(entry.ring, entry.records[0])]
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """The connection's keys (their own partition), and this process's HSM session copies
+        of them and of its options key."""
+        self.connections.forget(entry.ring, entry.records[0])
+        return self.rings.purge(self.connection_ref(entry.ring, entry.records[0]))
+
+    def forget(self, entry: Deleted) -> None:
+        """Nothing of a connection is cached in-process."""
 
     def _public(self, ring: str, record: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in record.items()
@@ -236,8 +260,13 @@ class SigningRings(RingDomain):
                 except RingExists:
                     pass  # created meanwhile: rotate it
             self._rate.spend(grant.caller, _cost(alg))
-            new, _ = self.rings.rotate(op, ref, alg, obj, also=lambda: self._pushed(
-                grant.ring, cid, cid))
+            try:
+                # the connection still there: a rotation never outlives its delete
+                new, _ = self.rings.rotate(op, ref, alg, obj,
+                                           conditions=[self.connections.exists_check(con)],
+                                           also=lambda: self._pushed(grant.ring, cid, cid))
+            except OwnerGone:
+                raise connection_not_found() from None
             return new
 
     def connection_jwks(self, ring: str, cid: str) -> dict[str, Any]:
@@ -395,7 +424,7 @@ class SigningRings(RingDomain):
                         self.obj(entry.ring, "signing") if signing
                         else self.obj(entry.ring, "connections", entry.target, "keys"),
                         principal=principal)
-        ref, verb, obj, _ = found
+        ref, verb, obj, owner = found
 
         def moved() -> list[Op]:
             self._schedule.still(entry)  # after a failed transaction: who won?
@@ -403,7 +432,11 @@ class SigningRings(RingDomain):
         self._schedule.still(entry)  # a race lost before it began is not audited
         with self._audit.operation(None, self.action(f"{verb}.rotate"), obj,
                                    principal=principal) as op:
-            self.rings.rotate(op, ref, None, obj, also=moved)
+            try:
+                # the connection still there: a rotation never outlives its delete
+                self.rings.rotate(op, ref, None, obj, conditions=owner, also=moved)
+            except OwnerGone:
+                raise Superseded() from None  # deleted meanwhile: dropped next run
         return "rotated"
 
     def _public_misplaced(self, ring: str) -> Callable[[MisplacedRecord], None]:

@@ -12,6 +12,9 @@ Store layout (prefix = the ring kind's store prefix):
                                                   public key PEM, wrapped private key or None
   pk "{p}#{ring}#grants#<kid>"   sk "user#<user>" one user granted the key
 
+A deleted key's record moves into a deleted-key entry (core/deleted.py); its grants stay,
+unreachable, until a restore brings the record back or the purge deletes them.
+
 "Active" lives only in the head, so "at most one active key" holds by construction: making a
 key active is one compare-and-swap of the head (retried), in the same transaction as the key
 item and the audit record; the count in the head is the ring's cap. Key ids are time-ordered
@@ -43,6 +46,7 @@ from chalicelib.core import keyspecs, material
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import new_key_id
 from chalicelib.core.limits import GenerationRate, cap, generation_cost
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -53,11 +57,13 @@ from chalicelib.errors import (
     Forbidden,
     InvalidInput,
     InvalidState,
+    LimitExceeded,
     NotFound,
+    StoreConditionFailed,
     StoreTransactionCancelled,
 )
 from chalicelib.hsm import WrappedKey
-from chalicelib.store import Check, Delete, Put, Store, Update
+from chalicelib.store import Check, Delete, Op, Put, Store, Update
 
 if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
@@ -181,6 +187,8 @@ class TenantKeys(RingDomain):
         self.default_ring = settings.default_ring
         self._clock = clock
         self.usage = usage or KeyUsage(store, settings, clock)
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts, clock=clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -357,26 +365,55 @@ class TenantKeys(RingDomain):
             return retry(attempt, self._attempts, what="the ring")
 
     def delete(self, grant: Grant, kid: str) -> None:
-        """Delete a key (an active key leaves the ring without one); its grants go after."""
+        """Delete a key (an active key leaves the ring without one): its record moves into a
+        deleted-key entry with the head's change and the audit record; its grants stay
+        (unreachable: every grant use reads the key first, and key ids are never reused)
+        until the purge after the deletion window."""
         grant.require(self.action("key.delete"))
         ring, pk = grant.ring, self.pk(grant.ring)
         with self._audit.operation(grant.caller, grant.action, self.obj(ring, kid)) as op:
-            def attempt() -> None:
+            def attempt() -> Deleted:
                 record, key = self._record(ring, kid)
                 self.usage.guard(grant, kid)
                 head = read_head(self._store, pk)
                 op.note(kid=kid, active=key.active)
-                op.commit([head.replaced(removed(head.state, kid)),
-                           Delete(pk, KEY_PREFIX + kid, int(record["version"]))])
-            retry(attempt, self._attempts, what="the ring")
-        # Grants of a deleted key are unreachable (every grant use reads the key first, and
-        # key ids are never reused); they are removed after the key, in bounded steps,
-        # because a key may have more grants than one store transaction holds.
+                entry = self.bin.entry(self.kind.name, ring, kid, key.name,
+                                       grant.caller.principal.name, [record],
+                                       {"active": key.active})
+                op.commit([head.replaced(removed(head.state, kid)), *entry.moved()])
+                return entry
+            entry = retry(attempt, self._attempts, what="the ring")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
+
+    # ---- the deleted-key adapter (core/deleted.py) -----------------------------------------
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """The record back and the ring's count (within its cap); a key that was active is
+        active again unless the ring has another active key now (then it comes back
+        inactive: "at most one active" holds)."""
+        head = read_head(self._store, self.pk(entry.ring))
+        activate = bool(entry.meta.get("active")) and head.state.get("active") is None
         try:
-            for item in list(scan(self._store, self.grants_pk(ring, kid), USER_PREFIX)):
+            state, _ = added(head.state, entry.id, activate, self._max_keys)
+        except LimitExceeded as exc:
+            raise restore_conflict(f"the ring is full: {exc.message}") from None
+        return [head.replaced(state), *entry.put_back()]
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """The key's grants, one by one (a key may have more than a transaction holds); this
+        process's HSM session copy of its private key first."""
+        forget_blob(self._hsm, entry.records[0].get("wrapped"), self.context(entry.ring, entry.id))
+        gone = 0
+        for item in list(self._scan_users(self.grants_pk(entry.ring, entry.id))):
+            try:
                 self._store.delete_if(item["pk"], item["sk"])
-        except Exception:  # noqa: BLE001 - the key is gone; leftovers are unreachable
-            log.warning("grants of a deleted key were not all removed")
+                gone += 1
+            except StoreConditionFailed:
+                pass  # not there any more
+        return gone
+
+    def forget(self, entry: Deleted) -> None:
+        """Nothing of a key is cached in-process."""
 
     # ---- grants --------------------------------------------------------------------------
 

@@ -18,9 +18,12 @@ restored key still opens what the original encrypted; a backup restores only int
 A key record is used only where it is found (records.Place): ring and name come from its pk
 and sk, never from its contents; one that disagrees is a MisplacedRecord.
 
-Deletion is a tombstone (state "deleting", written with its audit record in one transaction),
-then an idempotent purge of the version records and the tombstone; whoever meets a tombstone
-later (a read, a list, a create of the name) finishes an interrupted purge.
+Deletion moves the key record into a deleted-key entry (core/deleted.py) in one transaction
+with the ring's count and the audit record; the version records stay, unreachable (every use
+reads the record first, and a new key of the name is a new incarnation with its own objectid
+and versions partition), until a restore puts the record back or the purge after the window
+deletes them. A record in state "deleting" (a tombstone written before deleted-key entries)
+is still treated as absent and purged by whoever meets it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from chalicelib.config import Settings
 from chalicelib.core.access import Grant, RingKind
 from chalicelib.core.audit import AuditLog, Operation
 from chalicelib.core.cache import TtlCache
+from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
@@ -297,6 +301,8 @@ class TransitKeys:
         self._clock = clock
         # last use per key incarnation (its objectid), written coalesced
         self.usage = usage or KeyUsage(store, settings, clock)
+        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
+                       attempts=settings.retry_attempts, clock=clock)
         # version blobs under an older KEK only for the cache bound (a KEK roll replaces them)
         self._versions = VersionCache(current_kek=kek_label(settings),
                                       seconds=settings.cache_seconds)
@@ -707,24 +713,66 @@ class TransitKeys:
         return key
 
     def delete(self, grant: Grant, name: str) -> TransitKey:
-        """Delete a key and all its versions; refused unless allow_delete. The tombstone, the
-        count and the audit record are one transaction; the purge follows (resumable)."""
+        """Delete a key; refused unless allow_delete. The record moves into a deleted-key
+        entry in one transaction with the count and the audit record; its versions go with
+        the purge after the deletion window (at once with a window of 0)."""
         with self._op(grant, "key.delete", name) as op:
-            def attempt() -> TransitKey:
+            def attempt() -> tuple[TransitKey, Deleted]:
                 key = self._require(grant.ring, name)
                 if not key.allow_delete:
                     raise InvalidState(f"deletion is not allowed for key {name} "
                                        "(allow_delete is false)", reason="delete_not_allowed")
                 self.usage.guard(grant, key.objectid)
-                tomb = replace(key, state=KeyState.DELETING, updated_at=int(self._clock()))
+                entry = self.bin.entry(self.kind.name, grant.ring, key.objectid, name,
+                                       grant.caller.principal.name,
+                                       [{**key.to_item(), "version": key.item_version}])
                 op.note(key_version=key.latest_version)
                 # conditional on the version read: a concurrent config change wins
-                op.commit([Update(tomb.to_item(), key.item_version),
-                           *self._count_ops(grant.ring, -1)])
-                return replace(tomb, item_version=key.item_version + 1)
-            tomb = retry(attempt, self._settings.retry_attempts, what=f"key {name}")
-        self._purge(tomb)
-        return replace(tomb, state=KeyState.ACTIVE)
+                op.commit([*entry.moved(), *self._count_ops(grant.ring, -1)])
+                return key, entry
+            key, entry = retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+        self.bin.settle(entry, self, principal=grant.caller.principal.name)
+        return key
+
+    # ---- the deleted-key adapter (core/deleted.py) -----------------------------------------
+
+    def _deleted_key(self, entry: Deleted) -> TransitKey:
+        return TransitKey.from_item(self.kind, entry.ring, entry.records[0])
+
+    def restore_ops(self, entry: Deleted) -> list[Op]:
+        """The record back (if its name is free), the ring's count (within its cap) and its
+        rotation schedule, if it had one (the scheduler drops a deleted key's)."""
+        if self._find(entry.ring, entry.name) is not None:
+            raise restore_conflict(f"key name {entry.name} is taken by another key")
+        try:
+            count = self._count_ops(entry.ring, +1)
+        except LimitExceeded as exc:
+            raise restore_conflict(f"the ring is full: {exc.message}") from None
+        key = self._deleted_key(entry)
+        schedule = self._schedule.set_ops(
+            self.kind.name, key.ring, key.name, key.rotation_period, key.objectid,
+            self._clock())[0] if key.rotation_period else []
+        return [*entry.put_back(), *count, *schedule]
+
+    def purge_dependents(self, entry: Deleted) -> int:
+        """The key's version records (its incarnation's own partition), each after this
+        process's HSM session copy of it."""
+        key = self._deleted_key(entry)
+        gone = 0
+        for item in list(scan(self._store, key.versions_pk, "v#")):
+            forget_blob(self._hsm, item.get("wrapped"),
+                        key.context(int(item.get("key_version") or str(item["sk"])[2:])))
+            try:
+                self._store.delete_if(key.versions_pk, item["sk"])
+                gone += 1
+            except StoreConditionFailed:
+                pass  # someone else removed it
+        return gone
+
+    def forget(self, entry: Deleted) -> None:
+        """Drop the key's cached record and versions."""
+        self._records.drop((entry.ring, entry.name))
+        self._versions.drop(self._deleted_key(entry).versions_pk)
 
     # ---- key use ----------------------------------------------------------------------------
 

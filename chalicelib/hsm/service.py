@@ -767,6 +767,18 @@ class Hsm:
             state.remember_verified(cache_key)
         self._ts.run(op)
 
+    def forget(self, key: WrappedKey, context: str) -> None:
+        """Destroy this process's session copy of `key` (unwrapped for `context`) if the
+        session holds one, and forget that its binding checked out: for a purged key. Other
+        processes' copies go when their sessions evict them or close."""
+        message = _key_message(key, context)
+        cache_key = _cache_key(message, key.tag if isinstance(key.tag, bytes) else b"")
+
+        def op(state: SessionState) -> None:
+            state.cache.discard(cache_key)
+            state.verified.pop(cache_key, None)
+        self._ts.run(op)
+
     def export_secret(self, key: WrappedKey, context: str) -> bytes:
         """The raw material of an exportable secret key; errors.Forbidden if not exportable."""
         if key.kind not in ("aes", "secret"):
