@@ -13,6 +13,12 @@ Events:
   {"action": "list-environments", "project": "..."} -> {"ok": true, "environments": [...]}
   {"action": "delete-environment", "project": "...", "name": "..."} -> {"ok": true}
   {"action": "maintenance", "only"?: "step"}    -> {"ok": bool, "steps": {...}}
+  {"action": "set-rotation", "kind": "...", "ring": "...", "id": "...",
+   "period_seconds": 2592000 | "30d" (0: off)}  -> {"ok": true, "rotation": {...}}
+  {"action": "get-rotation", "kind", "ring", "id"} -> {"ok": true, "rotation": {...}}
+  {"action": "list-rotations", "kind"?: "..."}  -> {"ok": true, "rotations": [...]}
+  (scheduled rotation: storedsafe keys by name, auth0 rings by "signing" or a connection id;
+  the other kinds' keys do not rotate, which these events answer as an error)
   {"action": "list-deleted", "kind"?, "ring"?}  -> {"ok": true, "deleted": [{kind, ring, id,
                                                     name, deleted_at, deleted_by, purge_after,
                                                     due, purging}]}  (never material)
@@ -65,7 +71,7 @@ from chalicelib.core.kinds import (
 )
 from chalicelib.core.services import Services, get_services
 from chalicelib.core.tokens import Caller, Principal, Scope
-from chalicelib.errors import InvalidInput, KeyfrontError, NotFound
+from chalicelib.errors import InvalidInput, InvalidState, KeyfrontError, NotFound
 
 ADMIN_PRINCIPAL = "admin-function"
 # environment names: what a path segment and the ring "<project>/<environment>" carry safely
@@ -266,6 +272,44 @@ def _deleted(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any
     return {"ok": True, "restored": restored.summary(now)}
 
 
+def _rotation(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
+    """The scheduled-rotation events (set, get, list) over the domains whose keys rotate."""
+    from chalicelib import maintenance
+    from chalicelib.core import rotation
+
+    domains = maintenance.rotation_domains(svc)
+    kind = _kind(event, required=action != "list-rotations")
+    if kind is not None and kind not in domains:
+        raise InvalidState(f"rotation does not apply to {kind} keys: scheduled rotation "
+                           f"covers {' and '.join(sorted(domains))} keys only",
+                           reason="rotation_not_applicable")
+    if action == "list-rotations":
+        return {"ok": True, "rotations": [_rotation_view(e)
+                                          for e in rotation.Schedule(svc.store).entries()
+                                          if kind is None or e.kind == kind]}
+    ring, target = str(_text(event, "ring")), str(_text(event, "id"))
+    domain = domains[str(kind)]
+    if action == "get-rotation":
+        entry = domain.rotation(ring, target)
+    else:
+        period = rotation.parse_period(event.get("period_seconds"), "period_seconds")
+        entry = domain.set_rotation(ring, target, period, principal=ADMIN_PRINCIPAL)
+    view = _rotation_view(entry) if entry is not None else {
+        "kind": kind, "ring": ring, "id": target, "period_seconds": 0, "next_due": None,
+        "last_rotated": None}
+    return {"ok": True, "rotation": view}
+
+
+def _rotation_view(entry: Any) -> dict[str, Any]:
+    from chalicelib.core.clock import iso_millis
+
+    view = dict(entry.view())
+    for field in ("next_due", "last_rotated"):
+        if view[field] is not None:
+            view[field] = iso_millis(view[field])
+    return view
+
+
 def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
     """Run one admin event; never raises for bad input (the error is in the result)."""
     try:
@@ -308,10 +352,13 @@ def handle(event: Any, services: Services | None = None) -> dict[str, Any]:
             return _kek(event, svc, action)
         if action in ("list-deleted", "restore-deleted", "purge-deleted"):
             return _deleted(event, svc, action)
+        if action in ("set-rotation", "get-rotation", "list-rotations"):
+            return _rotation(event, svc, action)
         raise InvalidInput("action must be create-token, list-tokens, revoke-token, health, "
                            "create-environment, list-environments, delete-environment, "
                            "maintenance, key-usage, delete-key, rewrap, rewrap-check, "
-                           "destroy-kek, list-deleted, restore-deleted or purge-deleted",
+                           "destroy-kek, list-deleted, restore-deleted, purge-deleted, "
+                           "set-rotation, get-rotation or list-rotations",
                            field="action")
     except KeyfrontError as exc:
         return {"ok": False, "error": exc.code, "message": exc.message}

@@ -190,6 +190,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotation(args: argparse.Namespace) -> int:
+    """Scheduled rotation periods through the admin function's code."""
+    event: dict[str, Any] = {"action": f"{args.rotation_cmd}-rotation"
+                             if args.rotation_cmd != "list" else "list-rotations"}
+    if args.rotation_cmd == "list":
+        event["kind"] = args.kind
+    else:
+        event.update(kind=args.kind, ring=args.ring, id=args.id)
+    if args.rotation_cmd == "set":
+        event["period_seconds"] = args.period
+    result = _admin(event)
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_hsm(args: argparse.Namespace) -> int:
     """HSM set-up: create the KEK and the bind key on the configured token if absent; roll
     the stored blobs to a KEK version (or check them); destroy an old KEK version."""
@@ -423,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.set_defaults(func=cmd_apinizer)
 
     k = sub.add_parser("keys", help="keys of every dialect: last use, admin delete, deleted "
-                                    "keys (list, restore, purge)",
+                                    "keys (list, restore, purge), scheduled rotation",
                        description="Keys of every dialect, by kind, ring and the key's "
                                    "vendor identifier (AI-VAULT PSKs: psk/NAME). Deleted keys "
                                    "wait for the deletion window "
@@ -461,6 +478,25 @@ def build_parser() -> argparse.ArgumentParser:
     kp.add_argument("target", nargs="*", metavar="KIND RING ID",
                     help="one deleted key")
     k.set_defaults(func=cmd_keys)
+    rot = ksub.add_parser("rotation", help="set, show or list scheduled rotation periods",
+                          description="Scheduled rotation: storedsafe keys (ID: the key's "
+                                      "name) and auth0 key rings (ID: 'signing' or a "
+                                      "connection id), rotated by the maintenance run.")
+    rsub = rot.add_subparsers(dest="rotation_cmd", required=True, metavar="ACTION")
+    rs = rsub.add_parser("set", help="set a key's rotation period (0 turns it off)",
+                         description="Set a key's rotation period.")
+    rg = rsub.add_parser("get", help="show a key's rotation period and next rotation",
+                         description="Show a key's rotation schedule.")
+    for parser in (rs, rg):
+        parser.add_argument("kind", help="ring kind (storedsafe, auth0)")
+        parser.add_argument("ring", help="the ring (vault id, tenant)")
+        parser.add_argument("id", help="the key: a name, 'signing' or a connection id")
+    rs.add_argument("--period", required=True,
+                    help="seconds, or a duration such as 24h or 30d (at least 1h; 0: off)")
+    rl = rsub.add_parser("list", help="list every scheduled key",
+                         description="List the scheduled keys and their next rotation.")
+    rl.add_argument("--kind", default=None, help="only this ring kind")
+    rot.set_defaults(func=cmd_rotation)
 
     h = sub.add_parser("hsm", help="HSM set-up",
                        description="Set up the HSM token named by the settings.")

@@ -34,6 +34,7 @@ FUNCTIONS = {"api": "APIHandler", "admin": "Admin",
 TOKEN_PARTITIONS = ("token#*", "tokens")  # hashed token records and the token index
 AUDIT_PARTITIONS = ("audit#*",)
 RATE_PARTITIONS = ("rate#*",)
+ROTATION_PARTITIONS = ("rotation",)  # the scheduled-rotation index (core/rotation.py)
 USAGE_PARTITIONS = ("usage#*",)  # the last use of each key (core/usage.py)
 KEK_ROLL_PARTITIONS = ("kek-roll",)  # core/kek_roll.py's progress items
 DELETED_PARTITIONS = ("deleted",)  # deleted-key entries (core/deleted.py)
@@ -66,9 +67,10 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
     """{"read": patterns, "write": patterns} of the partitions `role` uses ("api", "admin",
     "maintenance")."""
     if role == "api":
-        # a delete moves a key into its deleted-key entry; a use notes the key's last use
+        # a delete moves a key into its deleted-key entry; a use notes the key's last use; a
+        # key's rotation period is set through a dialect too (and a rotation moves it on)
         owned = (ring_partitions() + AUDIT_PARTITIONS + RATE_PARTITIONS + USAGE_PARTITIONS
-                 + DELETED_PARTITIONS)
+                 + DELETED_PARTITIONS + ROTATION_PARTITIONS)
         # authentication reads a token's hashed record; it never writes one
         return {"read": owned + ("token#*",), "write": owned}
     if role == "admin":
@@ -77,12 +79,13 @@ def partitions(role: str) -> dict[str, tuple[str, ...]]:
         # principal, and the KEK roll (`rewrap`) rewrites blobs in every ring's partitions and
         # keeps its progress in its own; minting tokens already gives this function every ring
         owned = (TOKEN_PARTITIONS + AUDIT_PARTITIONS + ring_partitions() + USAGE_PARTITIONS
-                 + DELETED_PARTITIONS + KEK_ROLL_PARTITIONS)
+                 + DELETED_PARTITIONS + KEK_ROLL_PARTITIONS + ROTATION_PARTITIONS)
         return {"read": owned, "write": owned}
     if role == "maintenance":
-        # scheduled upkeep changes keys of every ring kind (the purge of deleted keys among
-        # it) and audits what it did
-        owned = ring_partitions() + AUDIT_PARTITIONS + USAGE_PARTITIONS + DELETED_PARTITIONS
+        # scheduled upkeep changes keys of every ring kind (the purge of deleted keys and
+        # scheduled rotation among it) and audits what it did
+        owned = (ring_partitions() + AUDIT_PARTITIONS + USAGE_PARTITIONS + DELETED_PARTITIONS
+                 + ROTATION_PARTITIONS)
         return {"read": owned, "write": owned}
     raise ValueError(f"unknown role {role!r}")
 

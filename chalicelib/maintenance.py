@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from chalicelib.core import rotation
+from chalicelib.core.kinds import SIGNING, TRANSIT
 from chalicelib.core.services import Services, get_services
 from chalicelib.errors import InvalidInput, KeyfrontError
 
@@ -64,6 +66,25 @@ def run(services: Services | None = None, now: float | None = None,
             ok = False
             out[name] = {"error": "internal", "message": "the step failed; see the logs"}
     return {"ok": ok, "steps": out}
+
+
+def rotation_domains(services: Services) -> dict[str, rotation.Rotatable]:
+    """The domains whose keys rotate on a schedule, by ring kind (the other kinds' keys do
+    not rotate: see the admin function's set-rotation)."""
+    from chalicelib.dialects.auth0.routes import signing_rings
+    from chalicelib.dialects.storedsafe.routes import transit_keys
+
+    return {TRANSIT: services.domain(transit_keys), SIGNING: services.domain(signing_rings)}
+
+
+def rotate(services: Services, now: float) -> dict[str, Any]:
+    """The `rotate` step: every key whose scheduled rotation is due, once (see
+    core/rotation.py); audited under PRINCIPAL."""
+    return rotation.run_due(services.store, rotation_domains(services), now,
+                            principal=PRINCIPAL)
+
+
+STEPS.append(("rotate", rotate))
 
 
 class MaintenanceFailed(Exception):

@@ -36,6 +36,7 @@ def test_create_read_list_and_the_envelope(live_server):
                     "allow_backup": True, "allow_export": False, "allow_delete": True,
                     "supports_signing": False, "info": "for tests",
                     "min_decryption_version": "1", "objectid": ci["objectid"],
+                    "auto_rotate_period": "0",  # beyond the vendor, as Vault's read
                     "last_used": None, "last_used_for": None}  # keyfront's: never used yet
     r = ss.read("my-new-key")
     assert r.json["CALLINFO"]["version"] == "1" and r.json["CALLINFO"]["objectid"] == ci["objectid"]

@@ -310,6 +310,14 @@ class RotatingRings:
         """Does the ring have keys?"""
         return self._store.get(ref.pk, RING_SK) is not None
 
+    def unchanged(self, ref: RingRef) -> Check:
+        """A transaction condition: the ring's head is as read now (ring_not_found if the
+        ring has no keys)."""
+        ring = self._store.get(ref.pk, RING_SK)
+        if ring is None:
+            raise ring_not_found()
+        return Check(ref.pk, RING_SK, int(ring["version"]))
+
     def keys(self, ref: RingRef, on_misplaced: Callable[[MisplacedRecord], None]) \
             -> list[RingKey]:
         """Every key: current, next, previous (newest first), revoked (newest first).
@@ -390,14 +398,21 @@ class RotatingRings:
         head_state = _head(head)
         return [self._view(ref, head_state, k["kid"], k) for k in (first, second)]
 
-    def rotate(self, op: Operation, ref: RingRef, alg: str, obj: str, *,
-               conditions: Sequence[Check] = ()) -> tuple[RingKey, list[str]]:
+    def rotate(self, op: Operation, ref: RingRef, alg: str | None, obj: str, *,
+               conditions: Sequence[Check] = (),
+               also: Callable[[], Sequence[Op]] = tuple) -> tuple[RingKey, list[str]]:
         """Rotate: returns (the new next key, retired kids); the audit record (object
-        f"{obj}/{kid}") is in the rotating transaction. The new key is generated once; the slot
-        change is retried against fresh head versions. OwnerGone if one of `conditions`
-        (checked in the same transaction) fails."""
-        spec = signing_alg(alg)
+        f"{obj}/{kid}") and the writes `also()` returns (read again on every attempt) are in
+        the rotating transaction. The new key is generated once (of `alg`, or None: of the
+        next key's algorithm); the slot change is retried against fresh head versions.
+        OwnerGone if one of `conditions` (checked in the same transaction) fails."""
         ring = self._settled(ref)
+        if alg is None:
+            upcoming = self._store.get(ref.pk, KEY_SK_PREFIX + str(ring["next"]))
+            if upcoming is None:
+                raise ring_not_found()
+            alg = str(upcoming["algorithm"])
+        spec = signing_alg(alg)
         cap(int(ring.get("published", 2)) - (1 if ref.keep_previous is not None
                                              and len(ring.get("previous", []))
                                              >= ref.keep_previous else 0),
@@ -418,6 +433,7 @@ class RotatingRings:
                     ops.append(Update({**_stored(item), **changes[other]},
                                       expected_version=int(item["version"])))
             ops += [Delete(ref.pk, KEY_SK_PREFIX + r) for r in retired]
+            ops += also()
             op.note(kid=kid, algorithm=record["algorithm"], slot="next", count=len(retired))
             try:
                 op.commit([*conditions, *ops], obj=f"{obj}/{kid}")

@@ -17,6 +17,7 @@ out of lists, a generic 500 when addressed.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,10 @@ from chalicelib.core.connections import Connections
 from chalicelib.core.connections import not_found as connection_not_found
 from chalicelib.core.deleted import Bin, Deleted
 from chalicelib.core.limits import GenerationRate, generation_cost
+from chalicelib.core.records import retry
 from chalicelib.core.rings import RingDomain
 from chalicelib.core.rotating import OwnerGone, RingExists, RingKey, RingRef, RotatingRings, Signer
+from chalicelib.core.rotation import Entry, Schedule, Superseded, drop
 from chalicelib.core.tokens import Caller, Principal
 from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import Forbidden, InvalidState, KeyfrontError, MisplacedRecord, NotFound
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from chalicelib.hsm import Hsm
 
 RING_SIGNING_ALG = "RS256"  # a ring's own signing keys: RSA-2048 / RS256
+SIGNING_TARGET = "signing"  # the rotation target of a ring's own signing keys (else a cid)
 _RING_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$")
 
 allow_details("strategy")
@@ -72,8 +76,10 @@ class SigningRings(RingDomain):
 
     def __init__(self, kind: RingKind, store: Store, hsm: Hsm, audit: AuditLog,
                  rate: GenerationRate, settings: Settings, keyed_types: frozenset[str], *,
-                 usage: KeyUsage | None = None) -> None:
+                 usage: KeyUsage | None = None, clock: Callable[[], float] = time.time) -> None:
         self.kind = kind
+        self._clock = clock
+        self._schedule = Schedule(store)
         # the one use of a signing key is a signature by the ring's current key (`signer`);
         # the API signs nothing itself and never hands private keys out
         self.usage = usage or KeyUsage(store, settings)
@@ -85,6 +91,7 @@ class SigningRings(RingDomain):
                                        settings.retry_attempts)
         self.rings = RotatingRings(store, hsm, settings.retry_attempts,
                                    settings.max_keys_per_ring)
+        self._attempts = settings.retry_attempts
         self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
                        attempts=settings.retry_attempts)
 
@@ -256,7 +263,8 @@ class SigningRings(RingDomain):
             try:
                 # the connection still there: a rotation never outlives its delete
                 new, _ = self.rings.rotate(op, ref, alg, obj,
-                                           conditions=[self.connections.exists_check(con)])
+                                           conditions=[self.connections.exists_check(con)],
+                                           also=lambda: self._pushed(grant.ring, cid, cid))
             except OwnerGone:
                 raise connection_not_found() from None
             return new
@@ -313,7 +321,8 @@ class SigningRings(RingDomain):
         obj = self.obj(grant.ring, "signing")
         with self._audit.operation(grant.caller, grant.action, obj) as op:
             self._rate.spend(grant.caller, _cost(RING_SIGNING_ALG))
-            new, _ = self.rings.rotate(op, ref, RING_SIGNING_ALG, obj)
+            new, _ = self.rings.rotate(op, ref, RING_SIGNING_ALG, obj, also=lambda: self._pushed(
+                grant.ring, SIGNING_TARGET, SIGNING_TARGET))
             return new
 
     def revoke_signing_key(self, grant: Grant, kid: str) -> RingKey:
@@ -342,6 +351,93 @@ class SigningRings(RingDomain):
         signer = self.rings.signer(self._ensure(None, ring))
         self._used(ring, signer.kid, "sign")
         return signer
+
+    # ---- scheduled rotation (core/rotation.py): target "signing" or a connection id ---------
+
+    def _pushed(self, ring: str, target: str, incarnation: str) -> list[Op]:
+        """A caller's rotation moves the schedule on (counted from the last rotation)."""
+        return self._schedule.pushed_ops(self.kind.name, ring, target, incarnation,
+                                         self._clock())
+
+    def _target(self, ring: str, target: str) \
+            -> tuple[RingRef, str, str, list[Op]] | None:
+        """(ring, audit verb, audit object, conditions of its owner) of a rotation target;
+        None when there is no such ring with keys. Connection ids are never reused, so the
+        id is the incarnation."""
+        if not valid_ring(ring):
+            return None
+        if target == SIGNING_TARGET:
+            ref = self.ring_ref(ring)
+            if not self.rings.exists(ref):
+                return None
+            return ref, "signing_key", self.obj(ring, "signing"), []
+        try:
+            con = self._keyed_connection(ring, target)
+        except NotFound:
+            return None
+        ref = self.connection_ref(ring, con)
+        if not self.rings.exists(ref):
+            return None
+        return (ref, "connection_key", self.obj(ring, "connections", target, "keys"),
+                [self.connections.exists_check(con)])
+
+    def _require_target(self, ring: str, target: str) \
+            -> tuple[RingRef, str, str, list[Op]]:
+        found = self._target(ring, target)
+        if found is None:
+            raise NotFound(f"no key ring {target} with keys in ring {ring} (the ring's "
+                           f"\"{SIGNING_TARGET}\" keys, or a connection id whose keys exist)",
+                           reason="ring_not_found")
+        return found
+
+    def rotation(self, ring: str, target: str) -> Entry | None:
+        """The target's rotation schedule (None: none); NotFound if there is no such ring."""
+        self._require_target(ring, target)
+        return self._schedule.get(self.kind.name, ring, target)
+
+    def set_rotation(self, ring: str, target: str, period: int, *,
+                     principal: str) -> Entry | None:
+        """Set the target's rotation period in seconds (0: off), audited under `principal`:
+        the index item, a check of the ring's head (and of its connection) and the audit
+        record in one transaction."""
+        ref, verb, obj, owner = self._require_target(ring, target)
+        with self._audit.operation(None, self.action(f"{verb}.schedule"), obj,
+                                   principal=principal) as op:
+            op.note(period=period)
+
+            def attempt() -> Entry | None:
+                ops, entry = self._schedule.set_ops(self.kind.name, ring, target, period,
+                                                    target, self._clock())
+                op.commit([self.rings.unchanged(ref), *owner, *ops])
+                return entry
+            return retry(attempt, self._attempts, what="the ring")
+
+    def rotate_due(self, entry: Entry, now: float, *, principal: str) -> str:
+        """The scheduler's rotation of a due ring (see rotation.Rotatable.rotate_due): a new
+        next key of the next key's algorithm, the index moved in the same transaction."""
+        found = self._target(entry.ring, entry.target)
+        if found is None:
+            signing = entry.target == SIGNING_TARGET
+            return drop(self._audit, entry,
+                        self.action("signing_key.schedule" if signing
+                                    else "connection_key.schedule"),
+                        self.obj(entry.ring, "signing") if signing
+                        else self.obj(entry.ring, "connections", entry.target, "keys"),
+                        principal=principal)
+        ref, verb, obj, owner = found
+
+        def moved() -> list[Op]:
+            self._schedule.still(entry)  # after a failed transaction: who won?
+            return [entry.moved(now)]
+        self._schedule.still(entry)  # a race lost before it began is not audited
+        with self._audit.operation(None, self.action(f"{verb}.rotate"), obj,
+                                   principal=principal) as op:
+            try:
+                # the connection still there: a rotation never outlives its delete
+                self.rings.rotate(op, ref, None, obj, conditions=owner, also=moved)
+            except OwnerGone:
+                raise Superseded() from None  # deleted meanwhile: dropped next run
+        return "rotated"
 
     def _public_misplaced(self, ring: str) -> Callable[[MisplacedRecord], None]:
         def report(exc: MisplacedRecord) -> None:

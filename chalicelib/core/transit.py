@@ -46,6 +46,7 @@ from chalicelib.core.deleted import Bin, Deleted, forget_blob, restore_conflict
 from chalicelib.core.keys import KeyState, VersionCache
 from chalicelib.core.limits import cap
 from chalicelib.core.records import Place, parsed, read_head, retry, scan
+from chalicelib.core.rotation import Entry, Schedule, Superseded, drop
 from chalicelib.core.usage import KeyUsage
 from chalicelib.errors import (
     BindingError,
@@ -151,6 +152,9 @@ class TransitKey:
     created_at: int
     updated_at: int
     min_available_version: int = 1  # versions below were trimmed away
+    # seconds between scheduled rotations (0: none); the scheduler's own copy is the index
+    # item (core/rotation.py), written in the same transaction
+    rotation_period: int = 0
     state: KeyState = KeyState.ACTIVE
     item_version: int = 0  # the store's optimistic-concurrency version of the record
 
@@ -195,6 +199,8 @@ class TransitKey:
         # written only when they differ from what records older than them meant
         if self.min_available_version != 1:
             item["min_available_version"] = self.min_available_version
+        if self.rotation_period:
+            item["rotation_period"] = self.rotation_period
         if self.state != KeyState.ACTIVE:
             item["state"] = str(self.state)
         return item
@@ -230,6 +236,7 @@ class TransitKey:
                 objectid=objectid, origin=origin,
                 created_at=int(item["created_at"]), updated_at=int(item["updated_at"]),
                 min_available_version=int(item.get("min_available_version", 1)),
+                rotation_period=int(item.get("rotation_period", 0)),
                 state=KeyState(item.get("state", KeyState.ACTIVE)),
                 item_version=int(item["version"]),
             )
@@ -299,6 +306,7 @@ class TransitKeys:
         # version blobs under an older KEK only for the cache bound (a KEK roll replaces them)
         self._versions = VersionCache(current_kek=kek_label(settings),
                                       seconds=settings.cache_seconds)
+        self._schedule = Schedule(store)
         # Key records for key use (encrypt, decrypt, rewrap, data keys), for the settings'
         # bound; every other operation on a key drops its entry in this process.
         self._records: TtlCache[tuple[str, str], TransitKey] = TtlCache(settings.cache_seconds)
@@ -555,32 +563,105 @@ class TransitKeys:
 
     def rotate(self, grant: Grant, name: str) -> TransitKey:
         """Add version latest+1; racing rotations get distinct versions (retry on CAS). The
-        new version and its audit record are written in one transaction."""
+        new version and its audit record are written in one transaction, with the key's
+        rotation schedule moved on (auto rotation counts from the last rotation)."""
         with self._op(grant, "key.rotate", name) as op:
             def attempt() -> TransitKey:
                 key = self._require(grant.ring, name)
-                n = key.latest_version + 1
-                if n > MAX_VERSION:
-                    raise LimitExceeded("the key has reached its maximum version",
-                                        reason="version_cap")
-                cap(n - key.min_available_version, self._settings.max_versions_per_key,
-                    "versions per key (trim the key to make room)")
-                wrapped = self._hsm.generate_aes(key.bits, key.context(n),
-                                                 exportable=key.allow_export)
-                new = replace(key, latest_version=n, updated_at=int(self._clock()))
-                op.note(key_version=n)
-                # the record's version is the lock: a concurrent rotation makes this fail
-                op.commit([Update(new.to_item(), key.item_version),
-                           Put(self._version_item(key, n, wrapped))])
-                return replace(new, item_version=key.item_version + 1)
+                return self._rotated(op, key, self._schedule.pushed_ops(
+                    self.kind.name, key.ring, key.name, key.objectid, self._clock())
+                    if key.rotation_period else [])
             return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
 
+    def _rotated(self, op: Operation, key: TransitKey, also: list[Op]) -> TransitKey:
+        """Generate version latest+1 in the HSM, then write it, the record and `also` in
+        one transaction conditional on the record as read."""
+        n = key.latest_version + 1
+        if n > MAX_VERSION:
+            raise LimitExceeded("the key has reached its maximum version",
+                                reason="version_cap")
+        cap(n - key.min_available_version, self._settings.max_versions_per_key,
+            "versions per key (trim the key to make room)")
+        wrapped = self._hsm.generate_aes(key.bits, key.context(n),
+                                         exportable=key.allow_export)
+        new = replace(key, latest_version=n, updated_at=int(self._clock()))
+        op.note(key_version=n)
+        # the record's version is the lock: a concurrent rotation makes this fail
+        op.commit([Update(new.to_item(), key.item_version),
+                   Put(self._version_item(key, n, wrapped)), *also])
+        return replace(new, item_version=key.item_version + 1)
+
+    # ---- scheduled rotation (core/rotation.py) ----------------------------------------------
+
+    def rotation(self, ring: str, name: str) -> Entry | None:
+        """The key's rotation schedule (None: none); NotFound if there is no such key."""
+        key = self._require(ring, name)
+        entry = self._schedule.get(self.kind.name, ring, name)
+        return entry if entry is not None and entry.incarnation == key.objectid else None
+
+    def set_rotation(self, ring: str, name: str, period: int, *,
+                     principal: str) -> Entry | None:
+        """Set the key's rotation period in seconds (0: off), audited under `principal`:
+        the record, the index item and the audit record in one transaction."""
+        with self._audit.operation(None, self.action("key.schedule"), self.obj(ring, name),
+                                   principal=principal) as op:
+            op.note(period=period)
+
+            def attempt() -> Entry | None:
+                key = self._require(ring, name)
+                ops, entry = self._scheduled(key, period)
+                op.commit(ops)
+                return entry
+            try:
+                return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+            finally:
+                self._records.drop((ring, name))
+
+    def _scheduled(self, key: TransitKey, period: int) -> tuple[list[Op], Entry | None]:
+        """The record with its period and the index item, conditional on both as read, and
+        the entry they leave."""
+        index, entry = self._schedule.set_ops(self.kind.name, key.ring, key.name, period,
+                                              key.objectid, self._clock())
+        new = replace(key, rotation_period=period, updated_at=int(self._clock()))
+        return [Update(new.to_item(), key.item_version), *index], entry
+
+    def rotate_due(self, entry: Entry, now: float, *, principal: str) -> str:
+        """The scheduler's rotation of a due key (see rotation.Rotatable.rotate_due)."""
+        ring, name = entry.ring, entry.target
+        try:
+            key = self._find(ring, name)
+        except MisplacedRecord as exc:
+            self._audit.refused(None, self.action("key.rotate"), self.obj(ring, name), exc,
+                                principal=principal)
+            raise
+        if key is None or key.objectid != entry.incarnation:
+            return drop(self._audit, entry, self.action("key.schedule"), self.obj(ring, name),
+                        principal=principal)
+        self._schedule.still(entry)  # a race lost before it began is not audited
+        try:
+            with self._audit.operation(None, self.action("key.rotate"), self.obj(ring, name),
+                                       principal=principal) as op:
+                def attempt() -> TransitKey:
+                    self._schedule.still(entry)  # after a failed transaction: who won?
+                    key = self._require(ring, name)
+                    if key.objectid != entry.incarnation:
+                        raise Superseded()  # deleted and created again: dropped next run
+                    return self._rotated(op, key, [entry.moved(now)])
+                retry(attempt, self._settings.retry_attempts, what=f"key {name}")
+        finally:
+            self._records.drop((ring, name))
+        return "rotated"
+
     def configure(self, grant: Grant, name: str, *, min_decryption_version: int | None = None,
-                  allow_delete: bool | None = None) -> TransitKey:
-        """Set min_decryption_version and/or allow_delete (beyond the vendor)."""
+                  allow_delete: bool | None = None,
+                  rotation_period: int | None = None) -> TransitKey:
+        """Set min_decryption_version, allow_delete and/or the rotation period in seconds
+        (0: off; beyond the vendor). A period is written in the record's transaction."""
         with self._op(grant, "key.config", name) as op:
-            if min_decryption_version is None and allow_delete is None:
-                raise InvalidInput("give min_decryption_version or allow_delete")
+            if min_decryption_version is None and allow_delete is None \
+                    and rotation_period is None:
+                raise InvalidInput("give min_decryption_version, allow_delete or a rotation "
+                                   "period")
 
             def attempt() -> TransitKey:
                 key = self._require(grant.ring, name)
@@ -594,9 +675,16 @@ class TransitKeys:
                     changes["min_decryption_version"] = min_decryption_version
                 if allow_delete is not None:
                     changes["allow_delete"] = allow_delete
+                ops: list[Op] = []
+                if rotation_period is not None:
+                    changes["rotation_period"] = rotation_period
+                    op.note(period=rotation_period)
+                    ops = self._schedule.set_ops(self.kind.name, key.ring, key.name,
+                                                 rotation_period, key.objectid,
+                                                 self._clock())[0]
                 new = replace(key, updated_at=int(self._clock()), **changes)
                 op.note(key_version=new.latest_version)
-                op.commit([Update(new.to_item(), key.item_version)])
+                op.commit([Update(new.to_item(), key.item_version), *ops])
                 return replace(new, item_version=key.item_version + 1)
             return retry(attempt, self._settings.retry_attempts, what=f"key {name}")
 
@@ -652,14 +740,19 @@ class TransitKeys:
         return TransitKey.from_item(self.kind, entry.ring, entry.records[0])
 
     def restore_ops(self, entry: Deleted) -> list[Op]:
-        """The record back (if its name is free) and the ring's count (within its cap)."""
+        """The record back (if its name is free), the ring's count (within its cap) and its
+        rotation schedule, if it had one (the scheduler drops a deleted key's)."""
         if self._find(entry.ring, entry.name) is not None:
             raise restore_conflict(f"key name {entry.name} is taken by another key")
         try:
             count = self._count_ops(entry.ring, +1)
         except LimitExceeded as exc:
             raise restore_conflict(f"the ring is full: {exc.message}") from None
-        return [*entry.put_back(), *count]
+        key = self._deleted_key(entry)
+        schedule = self._schedule.set_ops(
+            self.kind.name, key.ring, key.name, key.rotation_period, key.objectid,
+            self._clock())[0] if key.rotation_period else []
+        return [*entry.put_back(), *count, *schedule]
 
     def purge_dependents(self, entry: Deleted) -> int:
         """The key's version records (its incarnation's own partition), each after this

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from chalicelib.core.rotation import parse_period
 from chalicelib.core.transit import DEFAULT_DATAKEY_BITS, DEFAULT_KEY_TYPE, MAX_INFO_CHARS
 from chalicelib.errors import InvalidInput
 from chalicelib.formats.ciphertext import MAX_VERSION
@@ -57,6 +58,20 @@ def _strict_int(value: object) -> object:
     return value
 
 
+def _period(value: object) -> int:
+    # Vault's auto_rotate_period: seconds (a number or a string of digits) or a duration
+    # string such as "24h"; 0 turns rotation off, otherwise at least an hour
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("must be a duration such as \"24h\" or a number of seconds")
+    try:
+        return parse_period(value, "auto_rotate_period")
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+Period = Annotated[int, BeforeValidator(_period)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
@@ -76,6 +91,7 @@ class ConfigBody(_Body):
 
     min_decryption_version: Version | None = None
     allow_delete: bool | None = None
+    auto_rotate_period: Period | None = None
 
 
 class EncryptBody(_Body):

@@ -143,12 +143,13 @@ def _enc(data: bytes) -> str:
 
 
 def _metadata(key: TransitKey) -> dict[str, Any]:
-    """The vendor's KEYS entry, plus min_decryption_version."""
+    """The vendor's KEYS entry, plus min_decryption_version and auto_rotate_period."""
     return {
         "name": key.name, "key_version": str(key.latest_version), "type": key.type,
         "allow_backup": key.allow_backup, "allow_export": key.allow_export,
         "allow_delete": key.allow_delete, "supports_signing": False, "info": key.info,
         "min_decryption_version": str(key.min_decryption_version), "objectid": key.objectid,
+        "auto_rotate_period": str(key.rotation_period),  # as Vault's key read, in seconds
     }
 
 
@@ -213,16 +214,19 @@ def rotate_key(version: str, vaultid: str, name: str) -> Response:
           content_types=ANY_CONTENT_TYPE)
 @guarded(bp, _render)
 def configure_key(version: str, vaultid: str, name: str) -> Response:
-    """Beyond the vendor: set min_decryption_version / allow_delete. Admin."""
+    """Beyond the vendor: set min_decryption_version / allow_delete / auto_rotate_period
+    (as Vault's key config). Admin."""
     call = _begin(version, {"vaultid": vaultid, "name": name}, action="key.config",
                   echo=ConfigBody)
     b = call.body(ConfigBody)
     key = call.core.configure(call.grant, name,
                               min_decryption_version=b.min_decryption_version,
-                              allow_delete=b.allow_delete)
+                              allow_delete=b.allow_delete,
+                              rotation_period=b.auto_rotate_period)
     return call.ok(200, {**_key_info(key),
                          "min_decryption_version": str(key.min_decryption_version),
-                         "allow_delete": key.allow_delete})
+                         "allow_delete": key.allow_delete,
+                         "auto_rotate_period": str(key.rotation_period)})
 
 
 @bp.route(PREFIX + "/{vaultid}/keys/{name}", methods=["DELETE"],
