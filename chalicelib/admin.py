@@ -29,8 +29,12 @@ Events:
   (one bounded run of the KEK roll to version N, the configured one; invoke again until done)
   {"action": "rewrap-check", "to_version": N}    -> {"ok": true, "done": bool, "blobs": {...},
                                                      "other_kek": n, "places": [...], ...}
-  {"action": "destroy-kek", "version": M}        -> {"ok": true, "destroyed": [labels]}
-  (refused while a stored blob names KEK M, and for the configured version)
+  {"action": "destroy-kek", "version": M, "force": false}
+                                                 -> {"ok": true, "destroyed": [labels],
+                                                     "retired": true, "destroy_after": t}
+  (first call: retires KEK M, nothing destroyed; then, from destroy_after on (or with
+  force), a full check and the destroy; refused while a stored blob names KEK M, and for
+  the configured version)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
 invocation (see `invoke`), so `aws lambda invoke` reports a FunctionError.
 """
@@ -188,8 +192,8 @@ def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
 
     roll = KekRoll(svc.store, svc.hsm, svc.audit, svc.settings)
     if action == "destroy-kek":
-        return {"ok": True, "destroyed": roll.destroy(event.get("version"),
-                                                      principal=ADMIN_PRINCIPAL)}
+        return {"ok": True, **roll.destroy(event.get("version"), principal=ADMIN_PRINCIPAL,
+                                           force=event.get("force", False))}
     if action == "rewrap-check":
         return {"ok": True, **roll.check(event.get("to_version"))}
     status = roll.run(event.get("to_version"),
