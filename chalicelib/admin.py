@@ -173,9 +173,6 @@ def _delete_key(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any
         domain.delete_key(_admin_grant(kind, ring, "key.delete", rid, force=force), ident)
     else:
         raise InvalidInput("auth0 signing keys are revoked, not deleted", field="kind")
-    if force:  # the delete's own record names the admin principal; this says it was forced
-        svc.audit.record(None, "key.delete.force", f"{kind}/{ring}/{ident}",
-                         principal=ADMIN_PRINCIPAL, request_id=rid, ring_kind=kind)
     return {"ok": True}
 
 

@@ -363,7 +363,7 @@ class TenantKeys(RingDomain):
         with self._audit.operation(grant.caller, grant.action, self.obj(ring, kid)) as op:
             def attempt() -> None:
                 record, key = self._record(ring, kid)
-                self.usage.guard(grant, kid)
+                self.usage.guard(grant, kid, op)
                 head = read_head(self._store, pk)
                 op.note(kid=kid, active=key.active)
                 op.commit([head.replaced(removed(head.state, kid)),

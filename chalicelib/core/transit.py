@@ -627,7 +627,7 @@ class TransitKeys:
                 if not key.allow_delete:
                     raise InvalidState(f"deletion is not allowed for key {name} "
                                        "(allow_delete is false)", reason="delete_not_allowed")
-                self.usage.guard(grant, key.objectid)
+                self.usage.guard(grant, key.objectid, op)
                 tomb = replace(key, state=KeyState.DELETING, updated_at=int(self._clock()))
                 op.note(key_version=key.latest_version)
                 # conditional on the version read: a concurrent config change wins
