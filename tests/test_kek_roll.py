@@ -400,3 +400,100 @@ def test_a_live_write_between_read_and_write_is_kept_and_the_item_redone(setting
     assert item["name"] == "renamed meanwhile" and item["version"] == 3  # both writes kept
     assert item["wrapped"]["kek_label"] == seeded.s2.kek_label_prefix + "-v2"
     assert WrappedKey.from_dict(item["wrapped"]).public_der == seeded.rsa.public_der
+
+
+# ---- the barrier before a destroy, the target keys' protection, odd blobs ---------------------
+
+def test_a_retired_kek_refuses_every_wrap_for_every_process_but_still_unwraps(settings):
+    s1 = kek_settings(settings, 1)
+    s2 = kek_settings(settings, 2, prefix_of(s1))
+    ensure_keys(s1)
+    ensure_keys(s2)
+    stale, new = Hsm(s1), Hsm(s2)  # a process still configured for KEK 1, and the new one
+    aes = stale.generate_aes(256, "t/a/1")
+    sealed = stale.encrypt_gcm(aes, aes.context, b"kept", b"")
+    with pytest.raises(errors.InvalidState):
+        new.retire_kek(2)  # the configured version
+    assert not new.kek_retired(1) and new.retire_kek(1) and new.kek_retired(1)
+    assert new.retire_kek(7) is False  # no such KEK on the token
+    # the stale process can no longer wrap (nor re-store a blob) under KEK 1: refused
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.generate_aes(128, "t/a/2")
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.import_secret(b"s" * 32, "t/a/3")
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.rebind(aes, "t/a/1", "t/b/1")
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.ping()
+    # its blobs still open and roll away; a blob re-stored by the new process lands under 2
+    assert new.decrypt_gcm(aes, aes.context, sealed, b"") == b"kept"
+    assert new.rewrap(aes, aes.context, 2).kek_label.endswith("-kek-v2")
+    moved = new.rebind(aes, "t/a/1", "t/b/1")
+    assert moved.kek_label.endswith("-kek-v2") and moved.context == "t/b/1"
+    new.check_binding(moved, "t/b/1")
+    new.ping()
+
+
+def test_rebind_re_wraps_under_the_configured_kek(settings):
+    s1 = kek_settings(settings, 1)
+    s2 = kek_settings(settings, 2, prefix_of(s1))
+    ensure_keys(s1)
+    ensure_keys(s2)
+    old = Hsm(s1).generate_aes(256, "t/a/1")
+    sealed = Hsm(s1).encrypt_gcm(old, old.context, b"x", b"")
+    moved = Hsm(s2).rebind(old, "t/a/1", "t/backup/1")
+    assert moved.kek_label == s2.kek_label_prefix + "-v2" and moved.blob != old.blob
+    back = Hsm(s2).rebind(moved, "t/backup/1", "t/a/1")
+    assert Hsm(s2).decrypt_gcm(back, "t/a/1", sealed, b"") == b"x"
+
+
+def test_the_roll_refuses_target_keys_that_could_leave_the_hsm(settings, store):
+    from pkcs11 import Attribute, KeyType, Mechanism
+
+    from chalicelib.hsm.bootstrap import bind_key_template, kek_template
+
+    seeded = Seeded(settings, store)
+    s2 = seeded.s2
+    kek2, bind2 = s2.kek_label_prefix + "-v2", s2.bind_key_label_prefix + "-v2"
+
+    def create(state: Any) -> None:  # an operator's KEK 2 made extractable, not sensitive
+        state.session.generate_key(
+            KeyType.AES, 256, label=kek2, store=True, mechanism=Mechanism.AES_KEY_GEN,
+            template={**kek_template(kek2), Attribute.EXTRACTABLE: True,
+                      Attribute.SENSITIVE: False})
+        state.session.generate_key(
+            KeyType.GENERIC_SECRET, 256, label=bind2, store=True,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN, template=bind_key_template(bind2))
+
+    hsm = Hsm(s2)
+    hsm._ts.run(create)
+    roll = KekRoll(store, hsm, AuditLog(store), s2)
+    with pytest.raises(errors.Unavailable, match="not sensitive and non-extractable"):
+        roll.run(2, principal="t")
+    with pytest.raises(errors.Unavailable, match="not sensitive and non-extractable"):
+        hsm.ping()
+    assert store.get(PROGRESS_PK, progress_sk(2)) is None
+    assert all(b["kek_label"].endswith("-v1") for _, _, b in every_blob(store))
+
+
+def test_destroy_counts_any_dict_naming_the_kek_and_reports_a_blob_under_a_missing_kek(
+        settings, store):
+    seeded = Seeded(settings, store)
+    roll = seeded.roll()
+    assert roll.run(2, principal="t").done
+    # a blob with a field more than WrappedKey has: not a blob to the roll, but it names KEK 1
+    odd = {**seeded.aes.to_dict(), "note": "kept by hand"}
+    store.put_if_absent({"pk": "ss#7#k#100", "sk": "v#0000000009", "wrapped": odd})
+    assert roll.check(2)["other_kek"] == 1
+    with pytest.raises(errors.InvalidState, match="1 stored key blobs"):
+        roll.destroy(1, principal="t", force=True)
+    assert Hsm(seeded.s2).kek_exists(1)
+    store.delete_if("ss#7#k#100", "v#0000000009")
+    assert roll.destroy(1, principal="t", force=True)["destroyed"]
+    # a blob restored under KEK 1 after it is gone: reported by the roll, which goes on
+    store.put_if_absent({"pk": "ss#7#k#100", "sk": "v#0000000002",
+                         "wrapped": seeded.aes.to_dict()})
+    status = roll.run(2, principal="t")
+    assert status.done and status.counts.failed == 1
+    assert [p["problem"] for p in status.problems] == [
+        "holds a key blob under a KEK the token does not hold"]
