@@ -16,18 +16,29 @@ Batched and resumable: the scan cursor and the counts live in a progress item of
 (`kek-roll` / `v<N>`), written with each batch's audit record in one transaction, so a run
 stopped anywhere continues from the last batch; a batch redone finds its blobs under N
 already. A run after a finished pass starts a new pass (which changes nothing when nothing
-is left). Audited: the start, every batch with its counts, the finish; never material.
+is left). Audited: the start, every batch with its counts, the finish, and each item
+written back, by a record of its own (naming the item) in the item's own transaction, so no
+re-wrap is ever unaudited; never material.
 
 A blob that fails its check is reported (logged and audited as a misplaced record, listed
-in the progress) and left as it is, never re-tagged: one whose tag does not verify (edited,
-or its KEK version unknown), one that is malformed, and one whose context names another
-ring kind or ring than the partition it is found in (copied between rings). A blob copied
-within its ring keeps its own context, so a roll never makes it valid where it was copied.
+in the progress) and left as it is, never re-tagged: one whose tag does not verify (edited),
+one under a KEK the token does not hold, one that is malformed, and one whose context names
+another ring kind or ring than the partition it is found in (copied between rings). A blob
+copied within its ring keeps its own context, so a roll never makes it valid where it was
+copied.
 
 Caches: a process may hold a blob it read before the roll (the transit keys' version cache keeps
 a blob under an older KEK for `cache_seconds` only); the old KEK must exist until that bound
-has passed after the roll finished. `destroy` refuses while any blob names the KEK (a full
-check), and always for the configured version.
+has passed after the roll finished.
+
+`destroy` is two-phase. It first retires the old KEK (`Hsm.retire_kek`: the token refuses to
+wrap under it, in every process, at once), the barrier that keeps blobs from coming back
+under it: new blobs are wrapped under the configured version, a blob stored again goes
+through `Hsm.rebind`, which re-wraps it under the configured version, and a process still
+configured for the old one can wrap nothing. Only once `destroy_wait` has passed since the
+retirement (requests in flight, caches) and since the finished pass (restores of older
+state: see KEYFRONT_KEK_DESTROY_AFTER_SECONDS), unless forced, does it make the full check
+(any dict naming the KEK counts: fail closed) and destroy. Never the configured version.
 """
 
 from __future__ import annotations
