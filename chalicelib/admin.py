@@ -44,8 +44,12 @@ Events:
   (one bounded run of the KEK roll to version N, the configured one; invoke again until done)
   {"action": "rewrap-check", "to_version": N}    -> {"ok": true, "done": bool, "blobs": {...},
                                                      "other_kek": n, "places": [...], ...}
-  {"action": "destroy-kek", "version": M}        -> {"ok": true, "destroyed": [labels]}
-  (refused while a stored blob names KEK M, and for the configured version)
+  {"action": "destroy-kek", "version": M, "force": false}
+                                                 -> {"ok": true, "destroyed": [labels],
+                                                     "retired": true, "destroy_after": t}
+  (first call: retires KEK M, nothing destroyed; then, from destroy_after on (or with
+  force), a full check and the destroy; refused while a stored blob names KEK M, and for
+  the configured version)
 Errors: {"ok": false, "error": code, "message": text}. Deployed, such a result fails the
 invocation (see `invoke`), so `aws lambda invoke` reports a FunctionError.
 """
@@ -205,9 +209,6 @@ def _delete_key(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any
         domain.delete_key(_admin_grant(kind, ring, "key.delete", rid, force=force), ident)
     else:
         raise InvalidInput("auth0 signing keys are revoked, not deleted", field="kind")
-    if force:  # the delete's own record names the admin principal; this says it was forced
-        svc.audit.record(None, "key.delete.force", f"{kind}/{ring}/{ident}",
-                         principal=ADMIN_PRINCIPAL, request_id=rid, ring_kind=kind)
     return {"ok": True}
 
 
@@ -218,8 +219,8 @@ def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
 
     roll = KekRoll(svc.store, svc.hsm, svc.audit, svc.settings)
     if action == "destroy-kek":
-        return {"ok": True, "destroyed": roll.destroy(event.get("version"),
-                                                      principal=ADMIN_PRINCIPAL)}
+        return {"ok": True, **roll.destroy(event.get("version"), principal=ADMIN_PRINCIPAL,
+                                           force=event.get("force", False))}
     if action == "rewrap-check":
         return {"ok": True, **roll.check(event.get("to_version"))}
     status = roll.run(event.get("to_version"),

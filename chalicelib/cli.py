@@ -213,7 +213,8 @@ def cmd_hsm(args: argparse.Namespace) -> int:
     if args.hsm_cmd == "rewrap":
         return _rewrap(args)
     if args.hsm_cmd == "destroy-kek":
-        result = _admin({"action": "destroy-kek", "version": args.version})
+        result = _admin({"action": "destroy-kek", "version": args.version,
+                         "force": args.force})
         if not result.get("ok"):
             return _fail(result.get("message", "failed"))
         print(json.dumps(result, sort_keys=True))
@@ -516,13 +517,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "(exit status 1 while any remain)")
     hr.add_argument("--max-items", dest="max_items", type=int, default=1000,
                     help="items one run reads (%(default)s); runs repeat until done")
-    hd = hsub.add_parser("destroy-kek", help="destroy an old KEK version once no blob uses it",
-                         description="Destroy the KEK and bind key of version M: refused "
-                                     "while any stored blob names it (a full check), and for "
-                                     "the configured version. Wait KEYFRONT_CACHE_SECONDS "
-                                     "after the roll finished first.")
+    hd = hsub.add_parser("destroy-kek", help="retire, then destroy, an old KEK version",
+                         description="First run: retire KEK version M (the token refuses to "
+                                     "wrap under it) and print when it may be destroyed. "
+                                     "A run from then on: a full check, then the destroy; "
+                                     "refused while any stored blob names M, and for the "
+                                     "configured version. The wait is "
+                                     "KEYFRONT_KEK_DESTROY_AFTER_SECONDS after the retirement "
+                                     "and after the roll's finished pass.")
     hd.add_argument("--version", dest="version", type=int, required=True,
                     help="the KEK version M")
+    hd.add_argument("--force", action="store_true",
+                    help="do not wait (the retirement and the full check still happen)")
     h.set_defaults(func=cmd_hsm)
 
     av = sub.add_parser("aivault", help="AI-VAULT master-key files",

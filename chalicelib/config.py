@@ -115,6 +115,11 @@ class Settings:
     # forces it); 0 = off, so that vendors' clients that use a key and then delete it work
     # unchanged. Across processes it sees uses up to usage_flush_seconds late.
     delete_guard_seconds: int = 0
+    # The KEK roll (core/kek_roll.py): an old KEK version is destroyed only this long after
+    # the roll's finished pass and after its retirement (in-flight requests and caches
+    # outlive neither; a store restore or old backup from before the pass would need it:
+    # 35 days, 3024000, in production, to cover DynamoDB point-in-time recovery).
+    kek_destroy_after_seconds: int = 900
 
     # AI-VAULT: master keys (and pre-shared keys) per domain, as the vendor's --maxMkNum
     aivault_max_mk: int = 10
@@ -189,6 +194,8 @@ class Settings:
                                               d.usage_flush_seconds),
             delete_guard_seconds=_non_negative("KEYFRONT_DELETE_GUARD_SECONDS",
                                                d.delete_guard_seconds),
+            kek_destroy_after_seconds=_non_negative("KEYFRONT_KEK_DESTROY_AFTER_SECONDS",
+                                                    d.kek_destroy_after_seconds),
             aivault_max_mk=_int("KEYFRONT_AIVAULT_MAX_MK", d.aivault_max_mk),
             aivault_max_psk=_int("KEYFRONT_AIVAULT_MAX_PSK", d.aivault_max_psk),
             password_wrap_scrypt=_triple("KEYFRONT_PASSWORD_WRAP_SCRYPT",

@@ -29,7 +29,7 @@ from chalicelib.core.kek_roll import (
 )
 from chalicelib.hsm import Hsm, SignScheme, WrappedKey
 from chalicelib.hsm.bootstrap import ensure_keys
-from chalicelib.store import Store
+from chalicelib.store import Store, Update
 
 
 def kek_settings(settings: Any, version: int = 1, prefix: str | None = None) -> Any:
@@ -129,9 +129,11 @@ def test_hsm_rewrap_keeps_every_kind_of_key_and_its_context(settings):
                       SignScheme.ECDSA_SHA256, ecdsa_encoding="raw")
     assert isinstance(serialization.load_der_public_key(ec_key.public_der),
                       ec.EllipticCurvePublicKey)
-    # a blob under the destroyed KEK is unusable: the reason the roll must finish first
-    with pytest.raises(errors.BindingError):
+    # a blob under the destroyed KEK is unusable: the reason the roll must finish first;
+    # the service cannot use it (Unavailable), it is not a copied record (BindingError)
+    with pytest.raises(errors.Unavailable, match="KEK version 1 is not on the token"):
         new.rewrap(aes, aes.context, 2)
+
     with pytest.raises(errors.InvalidState):
         new.destroy_kek(2)  # the configured version
 
@@ -163,6 +165,7 @@ class Seeded:
         self.s2 = kek_settings(settings, 2, prefix_of(self.s1))
         ensure_keys(self.s1)
         self.store = store
+        self.now = [1_800_000_000.0]  # the roll's clock, moved by the tests
         hsm1 = Hsm(self.s1)
         self.aes = hsm1.generate_aes(256, "storedsafe/7/k/100/1")
         self.ct = hsm1.encrypt_gcm(self.aes, self.aes.context, b"old ciphertext")
@@ -183,7 +186,8 @@ class Seeded:
     def roll(self) -> KekRoll:
         """The roll as a process configured for version 2 runs it (KEK 2 created first)."""
         ensure_keys(self.s2)
-        return KekRoll(self.store, Hsm(self.s2), AuditLog(self.store), self.s2)
+        return KekRoll(self.store, Hsm(self.s2), AuditLog(self.store), self.s2,
+                       clock=lambda: self.now[0])
 
 
 def test_the_roll_refuses_a_missing_or_unconfigured_kek(settings, store):
@@ -230,9 +234,18 @@ def test_a_stopped_roll_resumes_and_a_second_pass_changes_nothing(settings, stor
     assert again.done and again.counts.rewrapped == 0 and again.counts.rewritten == 0
     assert again.counts.current == 4
     assert store.get("miarec#t", "key#k1")["version"] == 2
+    # the destroy: first the retirement (nothing destroyed), then, the wait past, the destroy
+    wait = seeded.s2.kek_destroy_after_seconds
+    assert roll.destroy(1, principal="t") == {
+        "destroyed": [], "retired": True, "destroy_after": int(seeded.now[0]) + wait}
+    assert Hsm(seeded.s2).kek_exists(1) and Hsm(seeded.s2).kek_retired(1)
+    seeded.now[0] += wait - 1
+    with pytest.raises(errors.InvalidState, match="may be destroyed from"):
+        roll.destroy(1, principal="t")
+    seeded.now[0] += 1
     # the same keys: the old ciphertext decrypts with the rolled blob after KEK 1 is gone
-    assert roll.destroy(1, principal="t") == [f"{prefix_of(seeded.s1)}-kek-v1",
-                                              f"{prefix_of(seeded.s1)}-bind-v1"]
+    assert roll.destroy(1, principal="t")["destroyed"] == [f"{prefix_of(seeded.s1)}-kek-v1",
+                                                          f"{prefix_of(seeded.s1)}-bind-v1"]
     aes = WrappedKey.from_dict(store.get("ss#7#k#100", "v#0000000001")["wrapped"])
     assert Hsm(seeded.s2).decrypt_gcm(aes, aes.context, seeded.ct) == b"old ciphertext"
     # audited: start, batches with counts, finish (twice: two passes), destroy; no material
@@ -242,7 +255,16 @@ def test_a_stopped_roll_resumes_and_a_second_pass_changes_nothing(settings, stor
     assert len(audit.find(action="kek.rewrap.finish")) == 2 and batches
     assert sum(r["details"]["rewrapped"] for r in batches
                + audit.find(action="kek.rewrap.finish")) == 4
-    assert [r["details"]["kek_version"] for r in audit.find(action="kek.destroy")] == [1]
+    assert sorted((r["outcome"], r["details"]["forced"])
+                  for r in audit.find(action="kek.destroy")) == [
+        ("failure", False), ("success", False)]
+    assert [r["details"]["kek_version"] for r in audit.find(action="kek.retire")] == [1]
+    # each item's re-wrap has its own record, naming the item (written with the item)
+    items = audit.find(action="kek.rewrap.item")
+    assert sorted(r["object"] for r in items) == [
+        "store/apz#p#keys/key#k", "store/auth0#t#signing/key#kid1", "store/miarec#t/key#k1",
+        "store/ss#7#k#100/v#0000000001"]
+    assert all(r["details"] == {"to_version": 2, "count": 1} for r in items)
     dumped = repr(audit.find()).encode()
     assert seeded.aes.blob not in dumped and aes.blob not in dumped
 
@@ -274,15 +296,15 @@ def test_a_tampered_or_copied_blob_is_reported_and_left(settings, store):
     assert {(p["pk"], p["sk"]) for p in check["places"]} == {
         ("miarec#other", "key#k9"), ("auth0#t#signing", "key#kid2")}
     with pytest.raises(errors.InvalidState, match="2 stored key blobs"):
-        roll.destroy(1, principal="t")
+        roll.destroy(1, principal="t", force=True)  # force skips the waits, not the check
     assert Hsm(seeded.s2).kek_exists(1)
     # once an operator removed them, KEK 1 goes
     store.delete_if("miarec#other", "key#k9")
     store.delete_if("auth0#t#signing", "key#kid2")
     assert roll.check(2)["done"]
-    assert len(roll.destroy(1, principal="t")) == 2
+    assert len(roll.destroy(1, principal="t", force=True)["destroyed"]) == 2
     with pytest.raises(errors.NotFound):
-        roll.destroy(1, principal="t")
+        roll.destroy(1, principal="t", force=True)
 
 
 def test_admin_events_and_cli(settings, store, monkeypatch, capsys):
@@ -297,6 +319,7 @@ def test_admin_events_and_cli(settings, store, monkeypatch, capsys):
     for bad in ({"action": "rewrap"}, {"action": "rewrap", "to_version": "2"},
                 {"action": "rewrap", "to_version": 2, "max_items": -5},
                 {"action": "destroy-kek", "version": 2}, {"action": "destroy-kek"},
+                {"action": "destroy-kek", "version": 1, "force": "yes"},
                 {"action": "rewrap-check", "to_version": 0}):
         out = admin.handle(bad, svc)
         assert out["ok"] is False and out["error"] in ("invalid_input", "invalid_state"), out
@@ -304,7 +327,7 @@ def test_admin_events_and_cli(settings, store, monkeypatch, capsys):
     assert out == {"ok": False, "error": "invalid_state", "message": out["message"]}
     assert "does not exist" in out["message"]  # KEK 2 not created yet
     ensure_keys(seeded.s2)
-    out = admin.handle({"action": "destroy-kek", "version": 1}, svc)
+    out = admin.handle({"action": "destroy-kek", "version": 1, "force": True}, svc)
     assert out["ok"] is False and "4 stored key blobs" in out["message"]
     out = admin.handle({"action": "rewrap", "to_version": 2, "max_items": 2}, svc)
     assert out["ok"] and out["done"] is False and out["status"]["counts"]["items"] == 2
@@ -319,8 +342,11 @@ def test_admin_events_and_cli(settings, store, monkeypatch, capsys):
     assert '"other_kek": 0' in capsys.readouterr().out
     assert cli.main(["hsm", "destroy-kek", "--version", "2"]) == 1
     assert "never destroyed" in capsys.readouterr().err
-    assert cli.main(["hsm", "destroy-kek", "--version", "1"]) == 0
-    assert "-kek-v1" in capsys.readouterr().out
+    assert cli.main(["hsm", "destroy-kek", "--version", "1"]) == 1  # retired just now
+    assert "may be destroyed from" in capsys.readouterr().err
+    assert cli.main(["hsm", "destroy-kek", "--version", "1", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert '"destroyed": ["' in out and "-kek-v1" in out
 
 
 def test_the_version_cache_keeps_a_blob_under_an_older_kek_for_the_cache_bound_only():
@@ -351,23 +377,123 @@ class Interfering:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def update_if_version(self, item: dict[str, Any], expected_version: int) -> Any:
-        if (item["pk"], item["sk"]) == self._key and not self.interfered:
+    def transact(self, ops: list[Any]) -> Any:
+        if not self.interfered and any(
+                isinstance(op, Update) and (op.item["pk"], op.item["sk"]) == self._key
+                for op in ops):
             self.interfered += 1
             live = self._store.get(*self._key)
             self._store.update_if_version({**live, "name": "renamed meanwhile"},
                                           live["version"])
-        return self._store.update_if_version(item, expected_version)
+        return self._store.transact(ops)
 
 
 def test_a_live_write_between_read_and_write_is_kept_and_the_item_redone(settings, store):
     seeded = Seeded(settings, store)
     ensure_keys(seeded.s2)
     racing = Interfering(store, "miarec#t", "key#k1")
-    roll = KekRoll(racing, Hsm(seeded.s2), AuditLog(store), seeded.s2)  # type: ignore[arg-type]
+    roll = KekRoll(racing, Hsm(seeded.s2), AuditLog(racing),  # type: ignore[arg-type]
+                   seeded.s2)
     status = roll.run(2, principal="t")
     assert racing.interfered == 1 and status.done and status.counts.rewrapped == 4
     item = store.get("miarec#t", "key#k1")
     assert item["name"] == "renamed meanwhile" and item["version"] == 3  # both writes kept
     assert item["wrapped"]["kek_label"] == seeded.s2.kek_label_prefix + "-v2"
     assert WrappedKey.from_dict(item["wrapped"]).public_der == seeded.rsa.public_der
+
+
+# ---- the barrier before a destroy, the target keys' protection, odd blobs ---------------------
+
+def test_a_retired_kek_refuses_every_wrap_for_every_process_but_still_unwraps(settings):
+    s1 = kek_settings(settings, 1)
+    s2 = kek_settings(settings, 2, prefix_of(s1))
+    ensure_keys(s1)
+    ensure_keys(s2)
+    stale, new = Hsm(s1), Hsm(s2)  # a process still configured for KEK 1, and the new one
+    aes = stale.generate_aes(256, "t/a/1")
+    sealed = stale.encrypt_gcm(aes, aes.context, b"kept", b"")
+    with pytest.raises(errors.InvalidState):
+        new.retire_kek(2)  # the configured version
+    assert not new.kek_retired(1) and new.retire_kek(1) and new.kek_retired(1)
+    assert new.retire_kek(7) is False  # no such KEK on the token
+    # the stale process can no longer wrap (nor re-store a blob) under KEK 1: refused
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.generate_aes(128, "t/a/2")
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.import_secret(b"s" * 32, "t/a/3")
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.rebind(aes, "t/a/1", "t/b/1")
+    with pytest.raises(errors.Unavailable, match="retired"):
+        stale.ping()
+    # its blobs still open and roll away; a blob re-stored by the new process lands under 2
+    assert new.decrypt_gcm(aes, aes.context, sealed, b"") == b"kept"
+    assert new.rewrap(aes, aes.context, 2).kek_label.endswith("-kek-v2")
+    moved = new.rebind(aes, "t/a/1", "t/b/1")
+    assert moved.kek_label.endswith("-kek-v2") and moved.context == "t/b/1"
+    new.check_binding(moved, "t/b/1")
+    new.ping()
+
+
+def test_rebind_re_wraps_under_the_configured_kek(settings):
+    s1 = kek_settings(settings, 1)
+    s2 = kek_settings(settings, 2, prefix_of(s1))
+    ensure_keys(s1)
+    ensure_keys(s2)
+    old = Hsm(s1).generate_aes(256, "t/a/1")
+    sealed = Hsm(s1).encrypt_gcm(old, old.context, b"x", b"")
+    moved = Hsm(s2).rebind(old, "t/a/1", "t/backup/1")
+    assert moved.kek_label == s2.kek_label_prefix + "-v2" and moved.blob != old.blob
+    back = Hsm(s2).rebind(moved, "t/backup/1", "t/a/1")
+    assert Hsm(s2).decrypt_gcm(back, "t/a/1", sealed, b"") == b"x"
+
+
+def test_the_roll_refuses_target_keys_that_could_leave_the_hsm(settings, store):
+    from pkcs11 import Attribute, KeyType, Mechanism
+
+    from chalicelib.hsm.bootstrap import bind_key_template, kek_template
+
+    seeded = Seeded(settings, store)
+    s2 = seeded.s2
+    kek2, bind2 = s2.kek_label_prefix + "-v2", s2.bind_key_label_prefix + "-v2"
+
+    def create(state: Any) -> None:  # an operator's KEK 2 made extractable, not sensitive
+        state.session.generate_key(
+            KeyType.AES, 256, label=kek2, store=True, mechanism=Mechanism.AES_KEY_GEN,
+            template={**kek_template(kek2), Attribute.EXTRACTABLE: True,
+                      Attribute.SENSITIVE: False})
+        state.session.generate_key(
+            KeyType.GENERIC_SECRET, 256, label=bind2, store=True,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN, template=bind_key_template(bind2))
+
+    hsm = Hsm(s2)
+    hsm._ts.run(create)
+    roll = KekRoll(store, hsm, AuditLog(store), s2)
+    with pytest.raises(errors.Unavailable, match="not sensitive and non-extractable"):
+        roll.run(2, principal="t")
+    with pytest.raises(errors.Unavailable, match="not sensitive and non-extractable"):
+        hsm.ping()
+    assert store.get(PROGRESS_PK, progress_sk(2)) is None
+    assert all(b["kek_label"].endswith("-v1") for _, _, b in every_blob(store))
+
+
+def test_destroy_counts_any_dict_naming_the_kek_and_reports_a_blob_under_a_missing_kek(
+        settings, store):
+    seeded = Seeded(settings, store)
+    roll = seeded.roll()
+    assert roll.run(2, principal="t").done
+    # a blob with a field more than WrappedKey has: not a blob to the roll, but it names KEK 1
+    odd = {**seeded.aes.to_dict(), "note": "kept by hand"}
+    store.put_if_absent({"pk": "ss#7#k#100", "sk": "v#0000000009", "wrapped": odd})
+    assert roll.check(2)["other_kek"] == 1
+    with pytest.raises(errors.InvalidState, match="1 stored key blobs"):
+        roll.destroy(1, principal="t", force=True)
+    assert Hsm(seeded.s2).kek_exists(1)
+    store.delete_if("ss#7#k#100", "v#0000000009")
+    assert roll.destroy(1, principal="t", force=True)["destroyed"]
+    # a blob restored under KEK 1 after it is gone: reported by the roll, which goes on
+    store.put_if_absent({"pk": "ss#7#k#100", "sk": "v#0000000002",
+                         "wrapped": seeded.aes.to_dict()})
+    status = roll.run(2, principal="t")
+    assert status.done and status.counts.failed == 1
+    assert [p["problem"] for p in status.problems] == [
+        "holds a key blob under a KEK the token does not hold"]

@@ -4,8 +4,8 @@ in small batches while clients keep encrypting, decrypting and renaming over HTT
 destroyed: every blob names KEK 2, nothing was lost, and everything still works.
 
 The server has KEK labels of its own (created through the bootstrap), so destroying its
-version 1 leaves the session's KEK alone; KEYFRONT_CACHE_SECONDS=0 stands for "the cache
-bound has passed" without sleeping.
+version 1 leaves the session's KEK alone; KEYFRONT_CACHE_SECONDS=0 and
+KEYFRONT_KEK_DESTROY_AFTER_SECONDS=0 stand for "the waits have passed" without sleeping.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def server_env(request, tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
     prefix = f"roll-{uuid.uuid4().hex[:8]}"
     env = {"KEYFRONT_STORE": request.param, "KEYFRONT_ACCESS_LOG": "0",
            "KEYFRONT_CACHE_SECONDS": "0", "KEYFRONT_KEK_VERSION": "1",
+           "KEYFRONT_KEK_DESTROY_AFTER_SECONDS": "0",
            "KEYFRONT_KEK_LABEL_PREFIX": f"{prefix}-kek",
            "KEYFRONT_BIND_KEY_LABEL_PREFIX": f"{prefix}-bind"}
     table = None
@@ -356,7 +357,14 @@ def test_every_dialect_survives_a_kek_roll_under_live_traffic(server_env, tmp_pa
     try:
         check = admin.handle({"action": "rewrap-check", "to_version": 2}, svc)
         assert check["ok"] and check["other_kek"] == len(blobs) and not check["done"]
-        refused = admin.handle({"action": "destroy-kek", "version": 1}, svc)
+        # the first destroy-kek retires KEK 1 (nothing is wrapped under it any more) ...
+        retired = admin.handle({"action": "destroy-kek", "version": 1}, svc)
+        assert retired["ok"] and retired["destroyed"] == [] and retired["retired"], retired
+        assert svc.hsm.kek_retired(1) and svc.hsm.kek_exists(1)
+        # ... and the destroy itself waits for a finished pass, and for no blob left
+        early = admin.handle({"action": "destroy-kek", "version": 1}, svc)
+        assert early["ok"] is False and "no finished pass" in early["message"]
+        refused = admin.handle({"action": "destroy-kek", "version": 1, "force": True}, svc)
         assert refused["ok"] is False and refused["error"] == "invalid_state"
         assert f"{len(blobs)} stored key blobs" in refused["message"]
 
@@ -381,8 +389,8 @@ def test_every_dialect_survives_a_kek_roll_under_live_traffic(server_env, tmp_pa
         check = admin.handle({"action": "rewrap-check", "to_version": 2}, svc)
         assert check["ok"] and check["done"] and check["other_kek"] == 0
         out = admin.handle({"action": "destroy-kek", "version": 1}, svc)
-        assert out == {"ok": True, "destroyed": [env["KEYFRONT_KEK_LABEL_PREFIX"] + "-v1",
-                                                 env["KEYFRONT_BIND_KEY_LABEL_PREFIX"] + "-v1"]}
+        assert out["ok"] and out["destroyed"] == [env["KEYFRONT_KEK_LABEL_PREFIX"] + "-v1",
+                                                  env["KEYFRONT_BIND_KEY_LABEL_PREFIX"] + "-v1"]
         assert not svc.hsm.kek_exists(1)
 
         # nothing lost: every ciphertext made before and during the roll decrypts
@@ -393,5 +401,52 @@ def test_every_dialect_survives_a_kek_roll_under_live_traffic(server_env, tmp_pa
         data.check_everything(srv)
         assert {b.kek_label for _, _, b in every_blob(svc.store)} == \
             {env["KEYFRONT_KEK_LABEL_PREFIX"] + "-v2"}
+    finally:
+        srv.stop()
+
+
+def test_a_pre_roll_backup_restores_under_the_new_kek_and_a_stale_process_cannot_write(
+        server_env, tmp_path):
+    """A backup taken under KEK 1 and restored after the roll lands under KEK 2 (so the full
+    check before the destroy cannot miss it); a process still configured for KEK 1 can
+    wrap nothing once KEK 1 is retired; after the destroy, the old backup is the service
+    unable to use it (StoredSafe's 503 envelope), not a 500."""
+    from chalicelib.errors import Unavailable
+    from chalicelib.hsm import Hsm
+
+    backend, env = server_env
+    srv = serve(backend, env, tmp_path)
+    try:
+        ss = SS(srv)
+        assert_success(ss.create("k"), 201)
+        ct = ss.ok_encrypt("k", b"before the roll")
+        r = ss.backup("k")
+        assert_success(r, 200)
+        backup = r.json["KEYS"]["backup"]
+        stale = Hsm(srv.settings)  # a process still configured for KEK 1
+    finally:
+        srv.stop()
+    srv = serve(backend, {**env, "KEYFRONT_KEK_VERSION": "2"}, tmp_path)
+    svc = srv.services
+    ss = SS(srv, ss.vault, token=ss.token)
+    v2 = env["KEYFRONT_KEK_LABEL_PREFIX"] + "-v2"
+    try:
+        out = admin.handle({"action": "destroy-kek", "version": 1}, svc)  # retire first
+        assert out["ok"] and out["retired"] and out["destroyed"] == [], out
+        with pytest.raises(Unavailable, match="retired"):
+            stale.generate_aes(256, "storedsafe/x/k/1/1")
+        while not admin.handle({"action": "rewrap", "to_version": 2}, svc)["done"]:
+            pass
+        # the pre-roll backup, restored after the pass: under KEK 2, and it works
+        assert_success(ss.restore("restored", backup), 200)
+        assert ss.ok_decrypt("restored", ct) == b"before the roll"
+        assert {b.kek_label for _, _, b in every_blob(svc.store)} == {v2}
+        out = admin.handle({"action": "destroy-kek", "version": 1}, svc)
+        assert out["ok"] and len(out["destroyed"]) == 2, out
+        assert ss.ok_decrypt("restored", ct) == b"before the roll"
+        # the backup still names KEK 1, which is gone: the service cannot use it
+        r = ss.restore("again", backup)
+        assert r.status == 503, r.text
+        assert r.json["CALLINFO"]["status"] == "FAIL" and "KEK version 1" in r.text
     finally:
         srv.stop()

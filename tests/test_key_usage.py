@@ -239,8 +239,10 @@ def test_storedsafe_delete_guard_and_admin_force(gw):
     assert ss("GET", "keys/k")[0] == 404
     records = gw.svc.audit.find(action="storedsafe.key.delete")
     assert (records[-1]["principal"], records[-1]["outcome"]) == ("admin-function", "success")
-    assert [r["principal"] for r in gw.svc.audit.find(action="key.delete.force")] == [
-        "admin-function"]
+    # the delete's own record (written with the delete) says it was forced; no other record
+    assert records[-1]["details"].get("forced") is True
+    assert not any(r["details"].get("forced") for r in records[:-1])
+    assert gw.svc.audit.find(action="key.delete.force") == []
 
     # a new key under the name starts unused (usage is by object id), and past the window
     # a used key is deleted through the vendor API
@@ -309,6 +311,9 @@ def test_miarec_decrypt_and_export_are_recorded_and_guarded(gw):
     assert status in (403, 404) and "last_used" not in json.dumps(body)
     out = gw.admin(action="delete-key", kind="miarec", ring=tenant, id=key["id"], force=True)
     assert out == {"ok": True}
+    forced = [r for r in gw.svc.audit.find(action="miarec.key.delete")
+              if r["outcome"] == "success"]
+    assert [r["details"].get("forced") for r in forced] == [True]
     assert gw.call("GET", f"{keys}/{key['id']}.json", headers=h)[0] == 404
 
 
@@ -341,6 +346,9 @@ def test_aivault_material_handed_out_is_a_use_and_guards_the_delete(gw):
     assert status == 200 and body["status"] == "31000005", body  # the vendor's "not now"
     out = gw.admin(action="delete-key", kind="aivault", ring=domain, id="psk/p1", force=True)
     assert out == {"ok": True}
+    forced = [r for r in gw.svc.audit.find(action="aivault.secret.delete")
+              if r["outcome"] == "success"]
+    assert [r["details"].get("forced") for r in forced] == [True]
     assert usage.last("aivault", domain, mk[0]["key_id"]) is not None
     gw.clock.t = T0 + GUARD
     status, body = gw.call("DELETE", f"{base}/deleteMK/mk1", headers=h)

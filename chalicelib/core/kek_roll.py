@@ -16,18 +16,29 @@ Batched and resumable: the scan cursor and the counts live in a progress item of
 (`kek-roll` / `v<N>`), written with each batch's audit record in one transaction, so a run
 stopped anywhere continues from the last batch; a batch redone finds its blobs under N
 already. A run after a finished pass starts a new pass (which changes nothing when nothing
-is left). Audited: the start, every batch with its counts, the finish; never material.
+is left). Audited: the start, every batch with its counts, the finish, and each item
+written back, by a record of its own (naming the item) in the item's own transaction, so no
+re-wrap is ever unaudited; never material.
 
 A blob that fails its check is reported (logged and audited as a misplaced record, listed
-in the progress) and left as it is, never re-tagged: one whose tag does not verify (edited,
-or its KEK version unknown), one that is malformed, and one whose context names another
-ring kind or ring than the partition it is found in (copied between rings). A blob copied
-within its ring keeps its own context, so a roll never makes it valid where it was copied.
+in the progress) and left as it is, never re-tagged: one whose tag does not verify (edited),
+one under a KEK the token does not hold, one that is malformed, and one whose context names
+another ring kind or ring than the partition it is found in (copied between rings). A blob
+copied within its ring keeps its own context, so a roll never makes it valid where it was
+copied.
 
 Caches: a process may hold a blob it read before the roll (the transit keys' version cache keeps
 a blob under an older KEK for `cache_seconds` only); the old KEK must exist until that bound
-has passed after the roll finished. `destroy` refuses while any blob names the KEK (a full
-check), and always for the configured version.
+has passed after the roll finished.
+
+`destroy` is two-phase. It first retires the old KEK (`Hsm.retire_kek`: the token refuses to
+wrap under it, in every process, at once), the barrier that keeps blobs from coming back
+under it: new blobs are wrapped under the configured version, a blob stored again goes
+through `Hsm.rebind`, which re-wraps it under the configured version, and a process still
+configured for the old one can wrap nothing. Only once `destroy_wait` has passed since the
+retirement (requests in flight, caches) and since the finished pass (restores of older
+state: see KEYFRONT_KEK_DESTROY_AFTER_SECONDS), unless forced, does it make the full check
+(any dict naming the KEK counts: fail closed) and destroy. Never the configured version.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from chalicelib.config import Settings
-from chalicelib.core.audit import AuditLog, allow_details
+from chalicelib.core.audit import AuditLog, Operation, allow_details
 from chalicelib.core.kinds import KINDS
 from chalicelib.core.records import PAGE, Place, retry
 from chalicelib.errors import (
@@ -47,11 +58,11 @@ from chalicelib.errors import (
     InvalidInput,
     InvalidState,
     NotFound,
-    StoreConditionFailed,
     StoreTransactionCancelled,
+    Unavailable,
 )
 from chalicelib.hsm import Hsm, WrappedKey
-from chalicelib.hsm.labels import kek_label
+from chalicelib.hsm.labels import kek_label, kek_version_of
 from chalicelib.store import Item, Page, Put, Store, Update, cursor_past
 
 PROGRESS_PK = "kek-roll"  # deploy.KEK_ROLL_PARTITIONS: the admin function writes it
@@ -63,7 +74,7 @@ MAX_VERSION = 10**9 - 1  # a KEK label's version has at most 9 digits (hsm.label
 NO_BLOBS = ("audit#",)
 
 allow_details("items", "rewritten", "rewrapped", "current", "failed", "done",
-              "kek_version")
+              "kek_version", "forced")
 
 Path = tuple[str | int, ...]
 
@@ -73,6 +84,19 @@ Path = tuple[str | int, ...]
 def is_wrapped(value: Any) -> bool:
     """Whether `value` is a stored WrappedKey (a dict of exactly its fields)."""
     return isinstance(value, dict) and value.keys() == WRAPPED_FIELDS
+
+
+def find_labelled(value: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path, dict) of every dict inside `value` that names a KEK (`kek_label`), whatever
+    its other fields: what a destroy must not leave behind (fails closed on odd blobs)."""
+    if isinstance(value, dict) and "kek_label" in value:
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from find_labelled(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from find_labelled(v, (*path, i))
 
 
 def find_wrapped(value: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -188,6 +212,17 @@ class RollStatus:
 def progress_sk(version: int) -> str:
     """The sort key of the progress item of a roll to `version`."""
     return f"v{version:09d}"
+
+
+def retired_sk(version: int) -> str:
+    """The sort key of the item that records when KEK `version` was retired."""
+    return f"retired#v{version:09d}"
+
+
+def destroy_wait(settings: Settings) -> float:
+    """The least time between a finished pass (and the retirement) and a destroy: the
+    configured one, never below the cache bound."""
+    return max(float(settings.kek_destroy_after_seconds), settings.cache_seconds)
 
 
 # ---- the roll -------------------------------------------------------------------------------
@@ -306,15 +341,25 @@ class KekRoll:
                         problem = "holds a malformed key blob"
                     except BindingError:
                         problem = "holds a key blob that fails its binding check"
+                    except Unavailable:
+                        if not self._kek_held(blob.get("kek_label")):
+                            problem = "holds a key blob under a KEK the token does not hold"
+                        else:
+                            raise
                 if problem is not None:
                     problems.append((path, problem))
                     continue
                 new = replaced(new, path, rolled.to_dict())
                 counts.rewrapped += 1
             if counts.rewrapped:
+                # the item's write and its own audit record, in one transaction: no re-wrap
+                # is ever unaudited, and the record names the item
+                op = Operation(self._audit, None, "kek.rewrap.item",
+                               f"store/{place.pk}/{place.sk}", principal)
+                op.note(to_version=version, count=counts.rewrapped)
                 try:
-                    self._store.update_if_version(new, current["version"])
-                except StoreConditionFailed:
+                    op.commit([Update(new, current["version"])])
+                except StoreTransactionCancelled:
                     latest[0] = self._store.get(place.pk, place.sk)
                     raise
                 counts.rewritten = 1
@@ -324,6 +369,11 @@ class KekRoll:
             return counts
 
         return retry(attempt, self._settings.retry_attempts, what=f"the item {place.pk}")
+
+    def _kek_held(self, label: object) -> bool:
+        """Whether the token holds the KEK a blob names (False for a label of no version)."""
+        version = kek_version_of(self._settings, str(label))
+        return version is not None and self._hsm.kek_exists(version)
 
     def _report(self, place: Place, path: Path, problem: str, status: RollStatus,
                 principal: str) -> None:
@@ -347,7 +397,7 @@ class KekRoll:
         stale: list[dict[str, str]] = []
         for item in self._everything():
             items += 1
-            for path, blob in find_wrapped(item):
+            for path, blob in find_labelled(item):
                 label = str(blob.get("kek_label"))
                 by_kek[label] = by_kek.get(label, 0) + 1
                 if label != target and len(stale) < MAX_PROBLEMS:
@@ -366,19 +416,61 @@ class KekRoll:
             if cursor is None:
                 return
 
-    def destroy(self, version: object, *, principal: str) -> list[str]:
-        """Destroy the KEK and bind key of `version` on the token (the labels destroyed):
-        never the configured version, and only once no stored blob names it (a full check);
-        InvalidState otherwise, NotFound when the token holds neither."""
+    def destroy(self, version: object, *, principal: str, force: bool = False) \
+            -> dict[str, Any]:
+        """Destroy the KEK and bind key of `version` on the token, in two phases.
+
+        First call: retire it (`Hsm.retire_kek`: the token refuses to wrap under it, for
+        every process, at once) and record when; nothing is destroyed yet. A later call,
+        once both the retirement and the finished pass of the roll to the configured version
+        are `destroy_wait` old, makes a full check (any dict naming the KEK counts) and
+        destroys. `force` skips the waits (never the retirement nor the check). Never the
+        configured version; InvalidState while blobs remain or too early, NotFound when the
+        token holds no such KEK. Audited either way (with `forced`).
+        """
         version = check_version(version, "version")
+        if not isinstance(force, bool):
+            raise InvalidInput("force must be true or false", field="force")
         if version == self._settings.kek_version:
             raise InvalidState("the configured KEK version (KEYFRONT_KEK_VERSION) is never "
                                "destroyed")
         label = kek_label(self._settings, version)
-        with self._audit.operation(None, "kek.destroy", f"kek/v{version}",
-                                   principal=principal) as op:
-            op.note(kek_version=version)
-            left = sum(1 for item in self._everything() for _, blob in find_wrapped(item)
+        obj = f"kek/v{version}"
+        now = self._clock()
+        wait = destroy_wait(self._settings)
+        retired = self._store.get(PROGRESS_PK, retired_sk(version))
+        just_retired = retired is None
+        if retired is None or not self._hsm.kek_retired(version):
+            with self._audit.operation(None, "kek.retire", obj, principal=principal) as op:
+                op.note(kek_version=version)
+                if not self._hsm.retire_kek(version):
+                    raise NotFound(f"the token holds no KEK version {version}")
+                if retired is None:
+                    retired = {"pk": PROGRESS_PK, "sk": retired_sk(version),
+                               "kek_version": version, "retired_at": int(now)}
+                    try:
+                        op.commit([Put(retired)])
+                    except StoreTransactionCancelled:  # retired meanwhile by another run
+                        retired = self._store.get(PROGRESS_PK, retired_sk(version)) or retired
+        after = int(retired["retired_at"]) + wait
+        if just_retired and not force:
+            return {"destroyed": [], "retired": True, "destroy_after": int(after)}
+        with self._audit.operation(None, "kek.destroy", obj, principal=principal) as op:
+            op.note(kek_version=version, forced=force)
+            if not force:
+                finished = self._store.get(PROGRESS_PK, progress_sk(self._settings.kek_version))
+                if not finished or not finished.get("done"):
+                    raise InvalidState(
+                        f"no finished pass of the roll to KEK version "
+                        f"{self._settings.kek_version}: run keyfront hsm rewrap first")
+                after = max(after, int(finished["finished_at"]) + wait)
+                if now < after:
+                    raise InvalidState(
+                        f"KEK version {version} is retired; it may be destroyed from "
+                        f"{int(after)} (Unix time): KEYFRONT_KEK_DESTROY_AFTER_SECONDS after "
+                        "the retirement and the roll's finished pass (force overrides)",
+                        reason="too_early")
+            left = sum(1 for item in self._everything() for _, blob in find_labelled(item)
                        if blob.get("kek_label") == label)
             if left:
                 op.note(count=left)
@@ -388,4 +480,4 @@ class KekRoll:
             if not destroyed:
                 raise NotFound(f"the token holds no KEK version {version}")
             op.note(count=len(destroyed))
-            return destroyed
+            return {"destroyed": destroyed, "retired": True, "destroy_after": int(after)}

@@ -302,7 +302,7 @@ class MasterKeys(RingDomain):
             def attempt() -> Deleted:
                 record, key = self._key(ring, name)
                 check_deletable(key)
-                self.usage.guard(grant, key.id)
+                self.usage.guard(grant, key.id, op)
                 op.note(kid=key.id)
                 head = read_head(self._store, pk)
                 entry = self.bin.entry(self.kind.name, ring, key.id, name,
@@ -362,7 +362,7 @@ class MasterKeys(RingDomain):
                 if record is None:
                     raise secret_not_found()
                 secret = self._secret_view(ring, name, record)
-                self.usage.guard(grant, secret.id)
+                self.usage.guard(grant, secret.id, op)
                 op.note(kid=secret.id, bound_key=secret.key)
                 key_record = self._store.get(pk, KEY_PREFIX + secret.key)
                 if key_record is None or key_record.get("bound") != name:

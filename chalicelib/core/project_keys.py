@@ -638,7 +638,7 @@ class ProjectKeys(RingDomain):
 
             def attempt() -> tuple[Deployment, Deleted]:
                 record, key = self._record(ring, name)
-                self.usage.guard(grant, key.id)
+                self.usage.guard(grant, key.id, op)
                 head = read_head(self._store, pk)
                 op.note(kid=key.id, undeployed=[e.environment for e in key.environments])
                 count = max(0, int(head.state.get("count", 0)) - 1)

@@ -374,7 +374,7 @@ class TenantKeys(RingDomain):
         with self._audit.operation(grant.caller, grant.action, self.obj(ring, kid)) as op:
             def attempt() -> Deleted:
                 record, key = self._record(ring, kid)
-                self.usage.guard(grant, kid)
+                self.usage.guard(grant, kid, op)
                 head = read_head(self._store, pk)
                 op.note(kid=kid, active=key.active)
                 entry = self.bin.entry(self.kind.name, ring, kid, key.name,

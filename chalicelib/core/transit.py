@@ -722,7 +722,7 @@ class TransitKeys:
                 if not key.allow_delete:
                     raise InvalidState(f"deletion is not allowed for key {name} "
                                        "(allow_delete is false)", reason="delete_not_allowed")
-                self.usage.guard(grant, key.objectid)
+                self.usage.guard(grant, key.objectid, op)
                 entry = self.bin.entry(self.kind.name, grant.ring, key.objectid, name,
                                        grant.caller.principal.name,
                                        [{**key.to_item(), "version": key.item_version}])

@@ -36,12 +36,15 @@ from typing import Any
 
 from chalicelib.config import Settings
 from chalicelib.core.access import Grant
+from chalicelib.core.audit import Operation, allow_details
 from chalicelib.core.clock import iso_millis
 from chalicelib.core.records import retry, scan
 from chalicelib.errors import InvalidState
 from chalicelib.store import Store
 
 log = logging.getLogger("keyfront.usage")
+
+allow_details("forced")  # a delete forced by the admin function
 
 KEY_PREFIX = "key#"
 MAX_KEYS = 10_000  # keys remembered in process (least recently used go first)
@@ -227,11 +230,16 @@ class KeyUsage:
 
     # ---- the delete guard ------------------------------------------------------------------
 
-    def guard(self, grant: Grant, key_id: str) -> None:
+    def guard(self, grant: Grant, key_id: str, op: Operation) -> None:
         """Refuse (InvalidState, reason key_in_use) the delete of a key used within
         `Settings.delete_guard_seconds`, unless the grant is the admin function's forced
-        one. Reads the key's usage item (one store read) when the guard is on."""
-        if self.guard_seconds <= 0 or grant.force:
+        one, which is noted (`forced`) in the delete's own audit operation `op`, so that it
+        is written with the delete. Reads the key's usage item (one store read) when the
+        guard is on."""
+        if grant.force:
+            op.note(forced=True)
+            return
+        if self.guard_seconds <= 0:
             return
         use = self.last(grant.kind.name, grant.ring, key_id)
         if use is None:

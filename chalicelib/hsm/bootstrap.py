@@ -58,7 +58,7 @@ def bind_key_template(label: str) -> dict[Attribute, Any]:
     }
 
 
-def _check_protected(obj: Any, label: str) -> None:
+def check_protected(obj: Any, label: str) -> None:
     # An existing key of ours that could leave the HSM must not be used silently.
     if not attr_true(obj, Attribute.SENSITIVE) or attr_true(obj, Attribute.EXTRACTABLE):
         raise errors.Unavailable(f"token key {label} is not sensitive and non-extractable")
@@ -81,7 +81,7 @@ def ensure_keys(settings: Settings) -> list[str]:
         for label, key_type, mechanism, template in wanted:
             existing = state.find_secret_key(label, key_type)
             if existing is not None:
-                _check_protected(existing, label)
+                check_protected(existing, label)
                 continue
             state.session.generate_key(key_type, 256, label=label, store=True,
                                        mechanism=mechanism, template=template(label))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,10 @@ from pkcs11.constants import DEFAULT
 
 from chalicelib import errors
 from chalicelib.config import Settings
+from chalicelib.hsm.bootstrap import check_protected
 from chalicelib.hsm.keyobjects import HsmECPrivateKey, HsmRSAPrivateKey
 from chalicelib.hsm.labels import bind_key_label, kek_label, kek_version_of
-from chalicelib.hsm.session import SessionState, TokenSession, token_session
+from chalicelib.hsm.session import SessionState, TokenSession, attr_true, token_session
 from chalicelib.hsm.types import SignScheme, WrappedKey
 
 GCM_NONCE_BYTES = 12
@@ -41,6 +43,8 @@ RSA_IMPORT_BITS = (1024, 8192)  # inclusive range accepted on import
 MAX_SECRET_BYTES = 1024
 MAX_RANDOM_BYTES = 64 * 1024
 BIND_DOMAIN = b"keyfront/wrapped-key/v1"
+log = logging.getLogger("keyfront.hsm")
+
 INTEGRITY_MESSAGE = "key blob does not belong to this record"
 
 
@@ -340,16 +344,20 @@ class Hsm:
     # ---- health ------------------------------------------------------------------------
 
     def ping(self) -> None:
-        """Check module, token, login, KEK and bind key; raise errors.Unavailable if not."""
+        """Check module, token, login, KEK and bind key (present, sensitive and
+        non-extractable, the KEK not retired); raise errors.Unavailable if not."""
         kek, bind = kek_label(self.settings), bind_key_label(self.settings)
 
         def op(state: SessionState) -> None:
             try:
-                state.secret_key(kek, KeyType.AES)
-                state.secret_key(bind, KeyType.GENERIC_SECRET)
+                kek_obj = state.secret_key(kek, KeyType.AES)
+                bind_obj = state.secret_key(bind, KeyType.GENERIC_SECRET)
             except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
                 raise errors.Unavailable("the HSM key-encryption keys are not available") \
                     from exc
+            check_protected(kek_obj, kek)
+            check_protected(bind_obj, bind)
+            _check_wrapping(kek_obj, kek)
 
         self._ts.run(op)
 
@@ -485,15 +493,19 @@ class Hsm:
         return self._ts.run(op)
 
     def rebind(self, key: WrappedKey, old_context: str, new_context: str) -> WrappedKey:
-        """The same blob, checked against old_context and bound to new_context."""
+        """The same key, checked against old_context, bound to new_context and wrapped
+        under the configured KEK version (whatever KEK the given blob names: a blob stored
+        again, e.g. a restored backup, never brings back a KEK being rolled away from, and
+        a retired KEK refuses the wrap)."""
         _require_context(old_context)
         _require_context(new_context)
 
         def op(state: SessionState) -> WrappedKey:
             self._verify(state, key, old_context, _key_message(key, old_context))
-            moved = dataclasses.replace(key, context=new_context, tag=b"")
+            moved = self._wrapped_again(state, key, kek_label(self.settings))
+            moved = dataclasses.replace(moved, context=new_context, tag=b"")
             return dataclasses.replace(moved, tag=self._tag(
-                state, key.kek_label, _key_message(moved, new_context)))
+                state, moved.kek_label, _key_message(moved, new_context)))
 
         return self._ts.run(op)
 
@@ -517,20 +529,7 @@ class Hsm:
             self._verify(state, key, context, _key_message(key, context))
             if key.kek_label == target:
                 return key
-            if key.kind not in _KINDS:
-                raise errors.BindingError(INTEGRITY_MESSAGE)
-            try:
-                kek = state.secret_key(target, KeyType.AES)
-            except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
-                raise errors.Unavailable(f"KEK {target} is not available") from exc
-            obj = self._unwrap(state, key, sensitive=True, extractable=True)
-            try:
-                blob = bytes(kek.wrap_key(obj, mechanism=self._wrap_mechanism))
-            finally:
-                obj.destroy()
-            moved = dataclasses.replace(key, kek_label=target,
-                                        mechanism=self._wrap_mechanism.name, blob=blob,
-                                        tag=b"")
+            moved = self._wrapped_again(state, key, target)
             return dataclasses.replace(moved, tag=self._tag(
                 state, target, _key_message(moved, context)))
 
@@ -538,12 +537,49 @@ class Hsm:
 
     def kek_exists(self, version: int) -> bool:
         """Whether the token holds the KEK and the bind key of `version` (looked up afresh,
-        so a key created or destroyed by another process is seen)."""
+        so a key created or destroyed by another process is seen). Unavailable when one of
+        them could leave the HSM (not sensitive, or extractable: the check `hsm init` makes)
+        or is ambiguous."""
         labels = ((kek_label(self.settings, version), KeyType.AES),
                   (bind_key_label(self.settings, version), KeyType.GENERIC_SECRET))
 
         def op(state: SessionState) -> bool:
-            return all(state.fresh_secret_keys(label, key_type) for label, key_type in labels)
+            found = [(label, state.fresh_secret_keys(label, key_type))
+                     for label, key_type in labels]
+            for label, objs in found:
+                if len(objs) > 1:
+                    raise errors.Unavailable(f"token key {label} is ambiguous")
+                for obj in objs:
+                    check_protected(obj, label)
+            return all(objs for _, objs in found)
+
+        return self._ts.run(op)
+
+    def kek_retired(self, version: int) -> bool:
+        """Whether the KEK of `version` is retired: present, but refusing to wrap."""
+        label = kek_label(self.settings, version)
+
+        def op(state: SessionState) -> bool:
+            objs = state.fresh_secret_keys(label, KeyType.AES)
+            return bool(objs) and not any(attr_true(obj, Attribute.WRAP) for obj in objs)
+
+        return self._ts.run(op)
+
+    def retire_kek(self, version: int) -> bool:
+        """Retire the KEK of `version`: the token refuses to wrap under it from now on, for
+        every process (it still unwraps, so its blobs can be rolled away and used until then).
+        Never the configured version (InvalidState); False when the token holds no such KEK.
+        The barrier before a destroy: no blob can be wrapped (or re-stored, see `rebind`)
+        under it any more."""
+        if version == self.settings.kek_version:
+            raise errors.InvalidState("the KEK new blobs are wrapped under is never retired")
+        label = kek_label(self.settings, version)
+
+        def op(state: SessionState) -> bool:
+            objs = state.fresh_secret_keys(label, KeyType.AES)
+            for obj in objs:
+                obj[Attribute.WRAP] = False
+            return bool(objs)
 
         return self._ts.run(op)
 
@@ -999,6 +1035,7 @@ class Hsm:
         label = kek_label(self.settings)
         try:
             kek = state.secret_key(label, KeyType.AES)
+            _check_wrapping(kek, label)
             blob = bytes(kek.wrap_key(obj, mechanism=self._wrap_mechanism))
             message = _bind_message(kind, size, curve, exportable, label,
                                     self._wrap_mechanism.name, context, blob, public_der)
@@ -1015,6 +1052,25 @@ class Hsm:
                           kek_label=label, mechanism=self._wrap_mechanism.name, context=context,
                           blob=blob, public_der=public_der, tag=tag)
 
+    def _wrapped_again(self, state: SessionState, key: WrappedKey, target: str) -> WrappedKey:
+        """`key` (its tag already checked) unwrapped into a throw-away session object
+        (sensitive, extractable only for this wrap) and wrapped under the KEK `target`;
+        the tag is left to the caller. Unavailable when that KEK is missing or retired."""
+        if key.kind not in _KINDS:
+            raise errors.BindingError(INTEGRITY_MESSAGE)
+        try:
+            kek = state.secret_key(target, KeyType.AES)
+        except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
+            raise errors.Unavailable(f"KEK {target} is not available") from exc
+        _check_wrapping(kek, target)
+        obj = self._unwrap(state, key, sensitive=True, extractable=True)
+        try:
+            blob = bytes(kek.wrap_key(obj, mechanism=self._wrap_mechanism))
+        finally:
+            obj.destroy()
+        return dataclasses.replace(key, kek_label=target, mechanism=self._wrap_mechanism.name,
+                                   blob=blob, tag=b"")
+
     def _bind_key(self, state: SessionState, kek: str) -> Any:
         version = kek_version_of(self.settings, kek)
         if version is None:
@@ -1023,9 +1079,12 @@ class Hsm:
             return state.secret_key(bind_key_label(self.settings, version),
                                     KeyType.GENERIC_SECRET)
         except p11e.NoSuchKey as exc:
-            # a blob naming a KEK version this token does not have cannot be verified
-            # (ping reports a missing current version as Unavailable)
-            raise errors.BindingError("key blob refers to an unknown KEK version") from exc
+            # a blob naming a KEK version this token does not have (destroyed, or never
+            # created here) cannot be used: the service's failure, not a copied record
+            log.error("a key blob names KEK version %s, which the token does not hold",
+                      version)
+            raise errors.Unavailable(f"KEK version {version} is not on the token: keys "
+                                     "wrapped under it cannot be used") from exc
         except p11e.MultipleObjectsReturned as exc:
             raise errors.Unavailable(f"the bind key of KEK version {version} is ambiguous") \
                 from exc
@@ -1074,6 +1133,13 @@ class Hsm:
             template=_object_template(
                 key.kind, extractable=not sensitive if extractable is None else extractable,
                 sensitive=sensitive, for_unwrap=True))
+
+
+def _check_wrapping(kek: Any, label: str) -> None:
+    # a retired KEK (see Hsm.retire_kek) refuses the wrap on the token anyway: say why
+    if not attr_true(kek, Attribute.WRAP):
+        raise errors.Unavailable(f"KEK {label} is retired: nothing is wrapped under it any "
+                                 "more (configure the KEK version the store was rolled to)")
 
 
 def _cache_key(message: bytes, tag: bytes) -> bytes:
