@@ -145,7 +145,7 @@ def test_an_interrupted_purge_finishes_when_run_again(settings, hsm, store):
     event = admin.handle({"action": "purge-deleted", "all_due": True}, dying)
     assert event["ok"] is False and event["error"] == "purge_failed", event
     assert len(list(scan(store, grants))) == 2
-    entry = store.get("deleted", f"miarec#{ring}#{kid}")
+    [entry] = list(scan(store, "deleted", f"miarec#{ring}#{kid}#"))
     assert entry["purging"] is True
     # once a purge has begun, a restore is refused: it would bring back a key half gone
     refused = admin.handle({"action": "restore-deleted", "kind": TENANT_KEYS, "ring": ring,
@@ -156,7 +156,7 @@ def test_an_interrupted_purge_finishes_when_run_again(settings, hsm, store):
     adapters = admin.deletion_adapters(svc)
     assert bin_.purge(adapters, principal="scheduler", now=later)["purged"] == 1
     assert list(scan(store, grants)) == []
-    assert store.get("deleted", f"miarec#{ring}#{kid}") is None
+    assert list(scan(store, "deleted", f"miarec#{ring}#{kid}#")) == []
     assert bin_.purge(adapters, principal="scheduler", now=later)["purged"] == 0
     purges = [r for r in svc.audit.find(action="miarec.key.purge")
               if r["object"].endswith(kid)]
@@ -182,7 +182,7 @@ def test_two_purges_racing_delete_once(settings, hsm, store):
         t.join()
     assert sorted(done) == [0, 1]
     assert list(scan(store, f"miarec#{ring}#grants#{kid}")) == []
-    assert store.get("deleted", f"miarec#{ring}#{kid}") is None
+    assert list(scan(store, "deleted", f"miarec#{ring}#{kid}#")) == []
     assert len([r for r in svc.audit.find(action="miarec.key.purge")
                 if r["object"].endswith(kid)]) == 1
 
@@ -201,13 +201,34 @@ def test_a_restore_that_read_the_entry_before_a_purge_marked_it_fails(settings, 
     assert store.get(f"miarec#{ring}#keys", f"key#{kid}") is None
 
 
+def test_a_purge_from_a_stale_listing_leaves_a_key_deleted_again(settings, hsm, store):
+    """A key restored and deleted again while a purge works from its listing of the first
+    deletion keeps its new window: each deletion is an entry of its own."""
+    svc = _services(settings, hsm, store)
+    ring = uuid.uuid4().hex[:12]
+    kid = _key_with_grants(svc, ring, 1)
+    bin_ = admin.deleted_bin(svc)
+    mr = admin.deletion_adapters(svc)[TENANT_KEYS]
+    stale = bin_.get(TENANT_KEYS, ring, kid)  # what a purge listed
+    bin_.restore(TENANT_KEYS, ring, kid, mr, principal="admin-function")
+    mr.delete(_grant(TENANT_KEYS, ring, "key.delete"), kid)
+    again = bin_.get(TENANT_KEYS, ring, kid)
+    assert again.sk != stale.sk and again.version == stale.version == 1
+    assert bin_.purge_entry(stale, mr, principal="scheduler") == 0
+    assert bin_.get(TENANT_KEYS, ring, kid) == again  # not marked, not purged
+    assert len(list(scan(store, f"miarec#{ring}#grants#{kid}"))) == 2
+    bin_.restore(TENANT_KEYS, ring, kid, mr, principal="admin-function")
+    assert store.get(f"miarec#{ring}#keys", f"key#{kid}") is not None
+
+
 def test_material_of_a_deleted_key_is_not_in_its_listing(settings, hsm, store):
     svc = _services(settings, hsm, store)
     ring = uuid.uuid4().hex[:12]
     kid = _key_with_grants(svc, ring, 0)
     listed = admin.handle({"action": "list-deleted", "kind": TENANT_KEYS, "ring": ring}, svc)
     assert [d["id"] for d in listed["deleted"]] == [kid]
-    assert store.get("deleted", f"miarec#{ring}#{kid}")["records"][0]["wrapped"]
+    [entry] = list(scan(store, "deleted", f"miarec#{ring}#{kid}#"))
+    assert entry["records"][0]["wrapped"]
     assert "wrapped" not in str(listed) and "records" not in str(listed)
 
 

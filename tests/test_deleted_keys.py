@@ -72,7 +72,7 @@ def items(server: Any, pk: str) -> list[dict[str, Any]]:
 
 def no_entry(server: Any, kind: str, ring: str, oid: str) -> None:
     """The deleted-key entry is gone, and a restore of it says so."""
-    assert server.services.store.get("deleted", f"{kind}#{ring}#{oid}") is None
+    assert list(scan(server.services.store, "deleted", f"{kind}#{ring}#{oid}#")) == []
     out = restore(server, kind, ring, oid)
     assert out["ok"] is False and out["error"] == "not_found", out
 

@@ -497,3 +497,31 @@ def test_destroy_counts_any_dict_naming_the_kek_and_reports_a_blob_under_a_missi
     assert status.done and status.counts.failed == 1
     assert [p["problem"] for p in status.problems] == [
         "holds a key blob under a KEK the token does not hold"]
+
+
+def test_a_deleted_keys_entry_is_rolled_and_a_copy_in_one_is_reported(settings, store):
+    """A deleted key's entry keeps its records verbatim, each with its own pk: their blobs
+    are judged against that partition, so a key waiting in its deletion window is rolled
+    (and restorable after the old KEK is gone); a blob in an entry record whose pk is not
+    its context's ring is a copy, reported and left."""
+    seeded = Seeded(settings, store)
+    hsm1 = Hsm(seeded.s1)
+    waiting = hsm1.generate_rsa(2048, "miarec/t2/keys/k2")
+    store.put_if_absent({"pk": "deleted", "sk": "miarec#t2#k2#00ff", "kind": "miarec",
+                         "records": [{"pk": "miarec#t2", "sk": "key#k2",
+                                      "wrapped": waiting.to_dict()}]})
+    store.put_if_absent({"pk": "deleted", "sk": "miarec#t3#k3#00ff", "kind": "miarec",
+                         "records": [{"pk": "miarec#t3", "sk": "key#k3",
+                                      "wrapped": waiting.to_dict()}]})  # t2's blob, copied
+    roll = seeded.roll()
+    status = roll.run(2, principal="t")
+    while not status.done:
+        status = roll.run(2, principal="t")
+    assert status.counts.rewrapped == 5 and status.counts.failed == 1
+    [problem] = status.problems
+    assert (problem["pk"], problem["sk"]) == ("deleted", "miarec#t3#k3#00ff")
+    assert "another ring" in str(problem)
+    rolled = store.get("deleted", "miarec#t2#k2#00ff")["records"][0]["wrapped"]
+    assert rolled["kek_label"].endswith("-v2") and rolled["context"] == "miarec/t2/keys/k2"
+    assert store.get("deleted", "miarec#t3#k3#00ff")["records"][0]["wrapped"]["kek_label"] \
+        .endswith("-v1")

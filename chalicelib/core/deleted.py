@@ -5,8 +5,13 @@ A domain's delete keeps answering as before, but in its one transaction (with it
 record, the name claim's release and the ring head's count) the key's main record, the one
 every access reads first, moves verbatim into an entry of the `deleted` partition:
 
-    pk "deleted"   sk "{kind}#{ring}#{id}"   kind, ring, id, name, deleted_at, deleted_by,
-                                             purge_after, records (verbatim), meta, purging
+    pk "deleted"   sk "{kind}#{ring}#{id}#{deletion}"   kind, ring, id, deletion, name,
+                        deleted_at, deleted_by, purge_after, records (verbatim), meta, purging
+
+`deletion` is random per delete: a key restored and deleted again gets a new entry at a new
+place, so a purge or restore working from a listing of the old entry can never act on the new
+one (a store version restarts at 1 with every new item, so the version alone could not tell
+them apart).
 
 The key is gone from every view at once (every access reads the main record first), and a
 new key may take its name; its dependent items (versions, grants, ring keys, ...) stay where
@@ -28,6 +33,7 @@ the dialects use. A window of 0 purges in the delete itself, as before this exis
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,9 +64,9 @@ PURGE_ACTION = "key.purge"
 allow_details("deleted_by", "purge_after", "dropped")
 
 
-def entry_sk(kind: str, ring: str, oid: str) -> str:
-    """The sort key of a deleted key's entry."""
-    return f"{kind}#{ring}#{oid}"
+def entry_prefix(kind: str, ring: str, oid: str) -> str:
+    """The sort-key prefix of a deleted key's entries (one per deletion)."""
+    return f"{kind}#{ring}#{oid}#"
 
 
 def _stored(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,6 +87,7 @@ class Deleted:
     deleted_by: str
     purge_after: int
     records: tuple[dict[str, Any], ...]
+    deletion: str  # random per delete: which deletion of the key this entry is
     meta: dict[str, Any] = field(default_factory=dict)
     purging: bool = False
     version: int = 0  # the entry's store version (0: not yet written)
@@ -88,7 +95,12 @@ class Deleted:
     @property
     def sk(self) -> str:
         """The entry's sort key."""
-        return entry_sk(self.kind, self.ring, self.id)
+        return entry_prefix(self.kind, self.ring, self.id) + self.deletion
+
+    @property
+    def ref(self) -> str:
+        """The deleted key as the operator names it: "{kind}#{ring}#{id}"."""
+        return f"{self.kind}#{self.ring}#{self.id}"
 
     def due(self, now: float) -> bool:
         """Past its window (or already being purged)."""
@@ -97,7 +109,8 @@ class Deleted:
     def to_item(self) -> dict[str, Any]:
         """The store item (without its version)."""
         return {"pk": DELETED_PK, "sk": self.sk, "kind": self.kind, "ring": self.ring,
-                "id": self.id, "name": self.name, "deleted_at": self.deleted_at,
+                "id": self.id, "deletion": self.deletion, "name": self.name,
+                "deleted_at": self.deleted_at,
                 "deleted_by": self.deleted_by, "purge_after": self.purge_after,
                 "records": [dict(r) for r in self.records], "meta": dict(self.meta),
                 "purging": self.purging}
@@ -109,7 +122,8 @@ class Deleted:
                    name=str(item["name"]), deleted_at=int(item["deleted_at"]),
                    deleted_by=str(item["deleted_by"]), purge_after=int(item["purge_after"]),
                    records=tuple(dict(r) for r in item["records"]),
-                   meta=dict(item.get("meta") or {}), purging=bool(item.get("purging")),
+                   deletion=str(item["deletion"]), meta=dict(item.get("meta") or {}),
+                   purging=bool(item.get("purging")),
                    version=int(item["version"]))
 
     def summary(self, now: float) -> dict[str, Any]:
@@ -181,8 +195,8 @@ class Bin:
         now = int(self._clock())
         return Deleted(kind=kind, ring=ring, id=oid, name=name, deleted_at=now,
                        deleted_by=deleted_by, purge_after=now + self.window,
-                       records=tuple(dict(r) for r in records), meta=dict(meta or {}),
-                       version=1)
+                       records=tuple(dict(r) for r in records),
+                       deletion=secrets.token_hex(8), meta=dict(meta or {}), version=1)
 
     def settle(self, entry: Deleted, adapter: Adapter, *, principal: str) -> None:
         """After a delete committed: with a window of 0 the key is purged at once (as
@@ -204,12 +218,15 @@ class Bin:
         return sorted(found, key=lambda d: (d.deleted_at, d.sk))
 
     def get(self, kind: str, ring: str, oid: str) -> Deleted:
-        """One entry; NotFound (reason deleted_key_not_found) if there is none."""
-        item = self._store.get(DELETED_PK, entry_sk(kind, ring, oid))
-        if item is None:
+        """The key's entry (its latest deletion, should there be two); NotFound (reason
+        deleted_key_not_found) if there is none."""
+        found = [d for d in (Deleted.from_item(i) for i in
+                             scan(self._store, DELETED_PK, entry_prefix(kind, ring, oid)))
+                 if (d.kind, d.ring, d.id) == (kind, ring, oid)]
+        if not found:
             raise NotFound(f"no deleted {kind} key {oid} in ring {ring}",
                            reason="deleted_key_not_found")
-        return Deleted.from_item(item)
+        return max(found, key=lambda d: (d.deleted_at, d.sk))
 
     def restore(self, kind: str, ring: str, oid: str, adapter: Adapter, *,
                 principal: str) -> Deleted:
@@ -248,14 +265,14 @@ class Bin:
         for entry in chosen:
             adapter = adapters.get(entry.kind)
             if adapter is None:
-                failed.append(entry.sk)
+                failed.append(entry.ref)
                 log.error("no deletion adapter for ring kind %s", entry.kind)
                 continue
             try:
                 purged += self.purge_entry(entry, adapter, principal=principal)
             except Exception:  # noqa: BLE001 - one entry must not stop the others
                 log.exception("purge of a deleted key failed")
-                failed.append(entry.sk)
+                failed.append(entry.ref)
         waiting = 0 if oid is not None else \
             sum(1 for d in self.entries(kind, ring) if not d.due(at))
         return {"purged": purged, "waiting": waiting, "failed": failed}

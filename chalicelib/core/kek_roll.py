@@ -128,6 +128,20 @@ def path_text(path: Path) -> str:
     return ".".join(str(p) for p in path)
 
 
+def home(item: dict[str, Any], path: Path) -> str:
+    """The partition a blob at `path` of `item` belongs to: that of the innermost record on
+    its way that names one. An item's own blobs belong to its partition; a record moved
+    verbatim into another item (a deleted key's entry keeps its records, each with its pk)
+    keeps its own."""
+    pk = str(item["pk"])
+    value: Any = item
+    for step in path:
+        value = value[step]
+        if isinstance(value, dict) and isinstance(value.get("pk"), str):
+            pk = value["pk"]
+    return pk
+
+
 def place_problem(pk: str, context: object) -> str | None:
     """Why a blob bound to `context` does not belong in partition `pk`, or None.
 
@@ -332,7 +346,7 @@ class KekRoll:
                 if blob.get("kek_label") == target:
                     counts.current += 1
                     continue
-                problem = place_problem(place.pk, blob.get("context"))
+                problem = place_problem(home(current, path), blob.get("context"))
                 if problem is None:
                     try:
                         wrapped = WrappedKey.from_dict(blob)
