@@ -41,6 +41,11 @@ def test_racing_rotations_give_distinct_versions(live_server):
     ss = SS(live_server, vault)
     assert_success(ss.create("k"), 201)
     clients = [SS(live_server, vault, token=ss.token) for _ in range(THREADS)]
+    for client in clients:
+        # 24 rotations racing for one key retry one another through moto, which serialises
+        # every call: on a loaded machine one answer can take longer than the client's
+        # default 30 s. What is checked is distinct versions, not speed.
+        client.c.timeout = 120.0
     per_thread = 3
 
     def rotate(i: int) -> list[int]:
