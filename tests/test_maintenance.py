@@ -37,20 +37,29 @@ def steps(monkeypatch):
         ran.append(("last", now))
         return {"done": 2}
 
+    def partly(svc: Services, now: float) -> dict:
+        ran.append(("partly", now))
+        return {"done": 3, "failed": ["k1"]}
+
     monkeypatch.setattr(maintenance, "STEPS", [("first", first), ("broken", broken),
-                                               ("refused", refused), ("last", last)])
+                                               ("refused", refused), ("last", last),
+                                               ("partly", partly)])
     return ran
 
 
 def test_every_step_runs_and_failures_are_reported(services, steps):
     out = maintenance.run(services, now=1000.0)
-    assert [name for name, _ in steps] == ["first", "broken", "refused", "last"]
+    assert [name for name, _ in steps] == ["first", "broken", "refused", "last", "partly"]
     assert {at for _, at in steps} == {1000.0}
     assert out["ok"] is False
     assert out["steps"]["first"] == {"done": 1} and out["steps"]["last"] == {"done": 2}
     assert out["steps"]["broken"]["error"] == "internal"
     assert "secret detail" not in str(out)
     assert out["steps"]["refused"]["error"] == Conflict.code
+    # some of a step's keys failed: the run is not ok, and the step's summary says which
+    assert out["steps"]["partly"] == {"done": 3, "failed": ["k1"]}
+    assert maintenance.run(services, only="partly")["ok"] is False
+    assert maintenance.run(services, only="last")["ok"] is True
 
 
 def test_only_one_step_or_a_clear_refusal(services, steps):
