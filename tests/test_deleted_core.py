@@ -289,3 +289,16 @@ def test_a_purge_destroys_this_processes_hsm_session_copies(settings, hsm, store
                         svc)["purged"] == 1
     assert cached() == before - 2
     assert ct.startswith("storedsafe:v1:")
+
+
+def test_a_malformed_entry_is_left_out_and_the_others_are_purged(settings, hsm, store, caplog):
+    svc = _services(settings, hsm, store)
+    ring = uuid.uuid4().hex[:12]
+    kid = _key_with_grants(svc, ring, 1)
+    store.put_if_absent({"pk": "deleted", "sk": f"miarec#{ring}#broken#00"})  # no fields
+    listed = admin.handle({"action": "list-deleted", "kind": TENANT_KEYS, "ring": ring}, svc)
+    assert [d["id"] for d in listed["deleted"]] == [kid]
+    out = admin.deleted_bin(svc).purge(admin.deletion_adapters(svc), principal="scheduler",
+                                       now=10**10, kind=TENANT_KEYS, ring=ring)
+    assert out == {"purged": 1, "waiting": 0, "failed": []}
+    assert "is not a deleted-key entry" in caplog.text

@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
-from chalicelib.core.records import retry, scan
+from chalicelib.core.records import Place, parsed, retry, scan
 from chalicelib.errors import (
     Conflict,
     InvalidInput,
+    MisplacedRecord,
     NotFound,
     StoreConditionFailed,
     StoreTransactionCancelled,
@@ -169,6 +170,20 @@ def forget_blob(hsm: Hsm, wrapped: Any, context: str) -> None:
     hsm.forget(key, context)
 
 
+def _entry(item: Mapping[str, Any]) -> Deleted:
+    """A stored entry, or MisplacedRecord for an item of the partition that is not one."""
+    try:
+        return Deleted.from_item(item)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Place(DELETED_PK, str(item.get("sk"))).misplaced(
+            "is not a deleted-key entry") from exc
+
+
+def _report(exc: MisplacedRecord) -> None:
+    # left out of every list and purge, the others go on; never the item's contents
+    log.error("%s", exc.detail)
+
+
 def restore_conflict(message: str) -> Conflict:
     """The refusal of a restore: `message` names what stands in the way."""
     return Conflict(message, reason="restore_conflict")
@@ -212,7 +227,7 @@ class Bin:
         """Every entry (of `kind`, of `ring`), oldest deletion first."""
         prefix = f"{kind}#" if kind is not None and ring is None else \
             f"{kind}#{ring}#" if kind is not None else ""
-        found = [Deleted.from_item(i) for i in scan(self._store, DELETED_PK, prefix)]
+        found = list(parsed(scan(self._store, DELETED_PK, prefix), _entry, _report))
         found = [d for d in found if (kind is None or d.kind == kind)
                  and (ring is None or d.ring == ring)]
         return sorted(found, key=lambda d: (d.deleted_at, d.sk))
@@ -220,8 +235,8 @@ class Bin:
     def get(self, kind: str, ring: str, oid: str) -> Deleted:
         """The key's entry (its latest deletion, should there be two); NotFound (reason
         deleted_key_not_found) if there is none."""
-        found = [d for d in (Deleted.from_item(i) for i in
-                             scan(self._store, DELETED_PK, entry_prefix(kind, ring, oid)))
+        found = [d for d in parsed(scan(self._store, DELETED_PK, entry_prefix(kind, ring, oid)),
+                                   _entry, _report)
                  if (d.kind, d.ring, d.id) == (kind, ring, oid)]
         if not found:
             raise NotFound(f"no deleted {kind} key {oid} in ring {ring}",
