@@ -22,6 +22,16 @@ def _admin(event: dict[str, Any]) -> dict[str, Any]:
     return admin.handle(event)
 
 
+def _event(event: dict[str, Any]) -> int:
+    """Run an admin event and print its result as one JSON line (0), or its error as one
+    line on standard error (1)."""
+    result = _admin(event)
+    if not result.get("ok"):
+        return _fail(result.get("message", "failed"))
+    print(json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the app with gunicorn workers through Chalice's local gateway; print an admin
     token on the first start."""
@@ -137,11 +147,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
     except ValueError:
         print(json.dumps({"ok": False, "error": "invalid_input", "message": "not JSON"}))
         return 1
-    result = _admin(event)
-    if not result.get("ok"):
-        return _fail(result.get("message", "failed"))
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return _event(event)
 
 
 def cmd_apinizer(args: argparse.Namespace) -> int:
@@ -153,11 +159,7 @@ def cmd_apinizer(args: argparse.Namespace) -> int:
         event["name"] = args.name
     if args.env_cmd == "create":
         event.update(type=args.type, description=args.description, access_url=args.access_url)
-    result = _admin(event)
-    if not result.get("ok"):
-        return _fail(result.get("message", "failed"))
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return _event(event)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -183,11 +185,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         event = {"action": "purge-deleted", "kind": kind, "ring": ring, "id": oid}
     else:
         return _fail("give --all-due or KIND RING ID")
-    result = _admin({k: v for k, v in event.items() if v is not None})
-    if not result.get("ok"):
-        return _fail(result.get("message", "failed"))
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return _event({k: v for k, v in event.items() if v is not None})
 
 
 def cmd_rotation(args: argparse.Namespace) -> int:
@@ -200,11 +198,7 @@ def cmd_rotation(args: argparse.Namespace) -> int:
         event.update(kind=args.kind, ring=args.ring, id=args.id)
     if args.rotation_cmd == "set":
         event["period_seconds"] = args.period
-    result = _admin(event)
-    if not result.get("ok"):
-        return _fail(result.get("message", "failed"))
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return _event(event)
 
 
 def cmd_hsm(args: argparse.Namespace) -> int:
@@ -213,12 +207,8 @@ def cmd_hsm(args: argparse.Namespace) -> int:
     if args.hsm_cmd == "rewrap":
         return _rewrap(args)
     if args.hsm_cmd == "destroy-kek":
-        result = _admin({"action": "destroy-kek", "version": args.version,
-                         "force": args.force})
-        if not result.get("ok"):
-            return _fail(result.get("message", "failed"))
-        print(json.dumps(result, sort_keys=True))
-        return 0
+        return _event({"action": "destroy-kek", "version": args.version,
+                       "force": args.force})
     from chalicelib.hsm.bootstrap import ensure_keys
 
     created = ensure_keys(Settings.from_env())

@@ -249,21 +249,7 @@ class DynamoStore(Store):
             request["ExpressionAttributeNames"]["#sk"] = "sk"
             request["ExpressionAttributeValues"][":prefix"] = {"S": sk_prefix}
         start = None if cursor is None else _key(pk, decode_cursor(cursor, pk, sk_prefix))
-        # Ask for one more than limit so the last page has no cursor (DynamoDB alone would
-        # hand out a cursor to an empty page); loop since a response stops at 1 MB.
-        raw_items: list[dict[str, Any]] = []
-        while True:
-            if start is not None:
-                request["ExclusiveStartKey"] = start
-            request["Limit"] = limit + 1 - len(raw_items)
-            with aws_errors():
-                resp = self._client.query(**request)
-            raw_items.extend(resp.get("Items", []))
-            start = resp.get("LastEvaluatedKey")
-            if len(raw_items) > limit or start is None:
-                break
-        items = [_from_dynamo(raw) for raw in raw_items[:limit]]
-        more = len(raw_items) > limit
+        items, more = self._page(self._client.query, request, start, limit)
         return Page(items, encode_cursor(pk, items[-1]["sk"]) if more else None)
 
     def scan_all(self, cursor: str | None = None, *, limit: int = 100) -> Page:
@@ -272,22 +258,28 @@ class DynamoStore(Store):
         check_limit(limit)
         request: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
         start = None if cursor is None else _key(*decode_scan_cursor(cursor))
-        # as query: one more than limit, so the last page has no cursor; a response stops
-        # at 1 MB, so loop
+        items, more = self._page(self._client.scan, request, start, limit)
+        return Page(items, encode_cursor(items[-1]["pk"], items[-1]["sk"]) if more else None)
+
+    @staticmethod
+    def _page(call: Any, request: dict[str, Any], start: dict[str, Any] | None,
+              limit: int) -> tuple[list[Item], bool]:
+        """Up to `limit` items of a Query or Scan `request` from `start`, and whether there
+        are more. Asks for one more than limit so the last page has no cursor (DynamoDB
+        alone would hand out a cursor to an empty page); loops since a response stops at
+        1 MB."""
         raw_items: list[dict[str, Any]] = []
         while True:
             if start is not None:
                 request["ExclusiveStartKey"] = start
             request["Limit"] = limit + 1 - len(raw_items)
             with aws_errors():
-                resp = self._client.scan(**request)
+                resp = call(**request)
             raw_items.extend(resp.get("Items", []))
             start = resp.get("LastEvaluatedKey")
             if len(raw_items) > limit or start is None:
                 break
-        items = [_from_dynamo(raw) for raw in raw_items[:limit]]
-        more = len(raw_items) > limit
-        return Page(items, encode_cursor(items[-1]["pk"], items[-1]["sk"]) if more else None)
+        return [_from_dynamo(raw) for raw in raw_items[:limit]], len(raw_items) > limit
 
     def put_if_absent(self, item: Item) -> Item:
         """Write item with version 1; StoreConditionFailed if (pk, sk) exists."""
