@@ -154,11 +154,6 @@ def deletion_adapters(svc: Services) -> dict[str, Adapter]:
     return _domains(svc)
 
 
-def _key_domain(svc: Services, kind: str) -> Any:
-    """The domain of a kind's keys."""
-    return _domains(svc)[kind]
-
-
 def _key_id(domain: Any, kind: str, ring: str, ident: str, rid: str) -> str:
     """The id a key's use is recorded under, from its vendor identifier (the key as it is
     now: a deleted key's use is never shown for a new key of the same name)."""
@@ -183,7 +178,7 @@ def _key_usage(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any]
     """The key-usage event."""
     kind, ring = str(_kind(event, required=True)), str(_text(event, "ring"))
     ident = _text(event, "id", required=False)
-    domain = _key_domain(svc, kind)
+    domain = _domains(svc)[kind]
     if ident is None:
         return {"ok": True, "usage": [u.to_dict() for u in domain.usage.ring(kind, ring)]}
     use = domain.usage.last(kind, ring, _key_id(domain, kind, ring, ident, rid))
@@ -197,7 +192,7 @@ def _delete_key(event: dict[str, Any], svc: Services, rid: str) -> dict[str, Any
     force = event.get("force", False)
     if not isinstance(force, bool):
         raise InvalidInput("force must be true or false", field="force")
-    domain = _key_domain(svc, kind)
+    domain = _domains(svc)[kind]
     if kind == "storedsafe":
         domain.delete(_admin_grant(kind, ring, "key.delete", rid, force=force), ident)
     elif kind in ("miarec", "apinizer"):
@@ -231,8 +226,7 @@ def _kek(event: dict[str, Any], svc: Services, action: str) -> dict[str, Any]:
 
 def deleted_bin(svc: Services) -> Bin:
     """The deleted-key entries, for the operator's list, restore and purge."""
-    return Bin(svc.store, svc.audit, window_seconds=svc.settings.deletion_window_seconds,
-               attempts=svc.settings.retry_attempts)
+    return Bin.for_settings(svc.store, svc.audit, svc.settings)
 
 
 def _kind(event: dict[str, Any], *, required: bool) -> str | None:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chalicelib.config import Settings
 from chalicelib.core.audit import AuditLog, allow_details
 from chalicelib.core.clock import iso_millis
 from chalicelib.core.records import Place, parsed, retry, scan
@@ -200,6 +201,13 @@ class Bin:
         self.window = window_seconds
         self._attempts = attempts
         self._clock = clock
+
+    @classmethod
+    def for_settings(cls, store: Store, audit: AuditLog, settings: Settings,
+                     clock: Callable[[], float] = time.time) -> Bin:
+        """The bin with the configured deletion window and retry attempts."""
+        return cls(store, audit, window_seconds=settings.deletion_window_seconds,
+                   attempts=settings.retry_attempts, clock=clock)
 
     # ---- written by a domain's delete --------------------------------------------------------
 

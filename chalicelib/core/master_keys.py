@@ -174,8 +174,7 @@ class MasterKeys(RingDomain):
         self._clock = clock
         # a key's material is handed out once, by its create: its one use ("export")
         self.usage = usage or KeyUsage(store, settings, clock)
-        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
-                       attempts=settings.retry_attempts, clock=clock)
+        self.bin = Bin.for_settings(store, audit, settings, clock)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -357,7 +356,7 @@ class MasterKeys(RingDomain):
         ring, pk = grant.ring, self.pk(grant.ring)
         with self._audit.operation(grant.caller, grant.action,
                                    self.obj(ring, "secrets", name)) as op:
-            def attempt() -> None:
+            def attempt() -> Deleted:
                 record = self._store.get(pk, SECRET_PREFIX + name)
                 if record is None:
                     raise secret_not_found()

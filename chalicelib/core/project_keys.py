@@ -286,8 +286,7 @@ class ProjectKeys(RingDomain):
         self._clock = clock
         # uses: a deployment (create, update naming environments) and a material read
         self.usage = usage or KeyUsage(store, settings, clock)
-        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
-                       attempts=settings.retry_attempts, clock=clock)
+        self.bin = Bin.for_settings(store, audit, settings, clock)
 
     # ---- names ---------------------------------------------------------------------------
 

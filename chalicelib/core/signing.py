@@ -92,8 +92,7 @@ class SigningRings(RingDomain):
         self.rings = RotatingRings(store, hsm, settings.retry_attempts,
                                    settings.max_keys_per_ring)
         self._attempts = settings.retry_attempts
-        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
-                       attempts=settings.retry_attempts)
+        self.bin = Bin.for_settings(store, audit, settings)
 
     # ---- names and access --------------------------------------------------------------------
 

@@ -187,8 +187,7 @@ class TenantKeys(RingDomain):
         self.default_ring = settings.default_ring
         self._clock = clock
         self.usage = usage or KeyUsage(store, settings, clock)
-        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
-                       attempts=settings.retry_attempts, clock=clock)
+        self.bin = Bin.for_settings(store, audit, settings, clock)
 
     # ---- names ---------------------------------------------------------------------------
 

@@ -301,8 +301,7 @@ class TransitKeys:
         self._clock = clock
         # last use per key incarnation (its objectid), written coalesced
         self.usage = usage or KeyUsage(store, settings, clock)
-        self.bin = Bin(store, audit, window_seconds=settings.deletion_window_seconds,
-                       attempts=settings.retry_attempts, clock=clock)
+        self.bin = Bin.for_settings(store, audit, settings, clock)
         # version blobs under an older KEK only for the cache bound (a KEK roll replaces them)
         self._versions = VersionCache(current_kek=kek_label(settings),
                                       seconds=settings.cache_seconds)

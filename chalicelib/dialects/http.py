@@ -31,6 +31,10 @@ MAX_BODY_BYTES = 1024 * 1024
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
+# Chalice matches every request Content-Type against a route's list: with "*/*" it never
+# answers its own 415, and each dialect answers a wrong type in its vendor's envelope
+ANY_CONTENT_TYPE = ["*/*"]
+
 def request_id(request: Request | None) -> str:
     """API Gateway's request id, or a fresh one (chalice local has none)."""
     ctx = getattr(request, "context", None) or {}

@@ -38,6 +38,7 @@ from chalicelib.dialects.aivault.models import (
     parse,
 )
 from chalicelib.dialects.http import (
+    ANY_CONTENT_TYPE,
     guarded,
     header,
     json_object,
@@ -49,7 +50,6 @@ from chalicelib.errors import InvalidInput, Unauthenticated
 
 bp = Blueprint(__name__)
 PREFIX = "/AIVAULT/v1"
-ANY_CONTENT_TYPE = ["*/*"]  # Chalice matches every request Content-Type against "*/*"
 KIND = KINDS[MASTER_KEYS]
 DOMAINS = (1, 500)
 MAX_BODY_BYTES = 16 * 1024

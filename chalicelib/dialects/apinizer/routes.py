@@ -52,6 +52,7 @@ from chalicelib.dialects.apinizer.models import (
     parse_key,
 )
 from chalicelib.dialects.http import (
+    ANY_CONTENT_TYPE,
     guarded,
     header,
     json_object,
@@ -64,7 +65,6 @@ from chalicelib.errors import InvalidInput, Unauthenticated
 bp = Blueprint(__name__)
 PREFIX = "/apiops"
 KEYS = PREFIX + "/projects/{project}/keys"
-ANY_CONTENT_TYPE = ["*/*"]  # Chalice matches every request Content-Type against "*/*"
 KIND = KINDS[PROJECT_KEYS]
 SOURCE = "UPLOAD"  # every key's material was given in a request
 MAX_FORM_BYTES = 8 * 1024

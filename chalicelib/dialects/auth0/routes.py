@@ -46,6 +46,7 @@ from chalicelib.dialects.auth0.models import (
     payload_problem,
 )
 from chalicelib.dialects.http import (
+    ANY_CONTENT_TYPE,
     StrictJsonError,
     guarded,
     header,
@@ -58,8 +59,6 @@ from chalicelib.errors import Unauthenticated
 from chalicelib.formats.algorithms import DEFAULT_SIGNING_ALG
 
 bp = Blueprint(__name__)
-# Chalice matches every request Content-Type against "*/*": never its own 415
-ANY_CONTENT_TYPE = ["*/*"]
 
 
 def signing_rings(services: Services) -> SigningRings:

@@ -35,6 +35,7 @@ from chalicelib.core.services import Services, get_services
 from chalicelib.core.tenant_keys import GRANTED, RING, TenantKey, TenantKeys
 from chalicelib.core.tokens import ALL_RINGS, Caller, Principal
 from chalicelib.dialects.http import (
+    ANY_CONTENT_TYPE,
     guarded,
     header,
     json_object,
@@ -59,7 +60,6 @@ from chalicelib.formats.ciphertext import b64decode_strict
 
 bp = Blueprint(__name__)
 PREFIX = "/api/v2/encrypt_keys"
-ANY_CONTENT_TYPE = ["*/*"]  # Chalice matches every request Content-Type against "*/*"
 KIND = KINDS[TENANT_KEYS]
 SUFFIX = ".json"
 PROTECTION = {"user": GRANTED, "app": RING}  # MiaRec protection_mode -> the core's use

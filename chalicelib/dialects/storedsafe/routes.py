@@ -26,6 +26,7 @@ from chalicelib.core.services import Services, get_services
 from chalicelib.core.tokens import Caller
 from chalicelib.core.transit import TransitKey, TransitKeys, restore_body_limit
 from chalicelib.dialects.http import (
+    ANY_CONTENT_TYPE,
     InternalError,
     guarded,
     header,
@@ -55,7 +56,6 @@ bp = Blueprint(__name__)
 PREFIX = "/api/{version}/transparent"
 API_VERSIONS = frozenset({"1.0"})
 TOKEN_HEADER = "X-Http-Token"
-ANY_CONTENT_TYPE = ["*/*"]  # Chalice matches every request Content-Type against "*/*"
 M = TypeVar("M", bound=BaseModel)
 KIND = KINDS[TRANSIT]
 
